@@ -1,0 +1,213 @@
+"""Plan record-aligned byte ranges of a CSV object.
+
+The planner reads the object once, sequentially, in blocks (the only way to know the
+quoting state at an arbitrary offset: a newline inside a quoted description looks
+exactly like a record end). While it streams, it records the header, cuts a chunk at
+the first record end at or after every `target_chunk_bytes`, and counts the logical
+records. That count is the independent reference that `finalize` reconciles against.
+
+Cost: one sequential read of the object (a streaming GET, not many ranged reads), a
+numpy pass per block and a Python step per quote character; memory is one block plus
+the header.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from catalog_pipeline.core.errors import HeaderError
+from catalog_pipeline.core.records import CR, RecordScanner
+
+UTF8_BOM = b"\xef\xbb\xbf"
+DEFAULT_CHUNK_BYTES = 20 * 1024 * 1024
+MIN_CHUNK_BYTES = 1024
+MAX_HEADER_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ByteRange:
+    """One chunk: bytes [start, end) of the object, starting and ending on record boundaries."""
+
+    index: int
+    start: int
+    end: int
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkPlan:
+    """The plan of one object version: header, chunk ranges and the logical record count."""
+
+    size: int
+    header: tuple[str, ...]
+    data_start: int
+    chunks: tuple[ByteRange, ...]
+    record_count: int
+    has_bom: bool
+    unterminated_quote: bool
+
+
+@dataclass(slots=True)
+class _Planner:
+    target: int
+    scanner: RecordScanner
+    data_start: int | None = None
+    header_bytes: bytearray | None = None
+    last_end: int = -1  # offset of the LF that ended the previous record (header included)
+    last_byte: int = 0
+    boundaries: list[int] | None = None
+    next_cut: int = 0
+    record_count: int = 0
+
+
+def plan_chunks(
+    blocks: Iterable[bytes], size: int, target_chunk_bytes: int = DEFAULT_CHUNK_BYTES
+) -> ChunkPlan:
+    """Plan the chunks of an object given as consecutive blocks of its bytes.
+
+    Raises `HeaderError` for an empty object, an undecodable or unterminated header, or a
+    header over 1 MiB.
+    """
+    if size == 0:
+        raise HeaderError("the object is empty (0 bytes): there is no header")
+    target = max(int(target_chunk_bytes), MIN_CHUNK_BYTES)
+    planner = _Planner(target=target, scanner=RecordScanner(), header_bytes=bytearray())
+    planner.boundaries = []
+    offset = 0
+    has_bom = False
+    for block in _with_whole_bom(blocks):
+        if offset == 0 and block.startswith(UTF8_BOM):
+            has_bom = True
+            _consume(planner, memoryview(block)[len(UTF8_BOM) :], len(UTF8_BOM))
+        else:
+            _consume(planner, memoryview(block), offset)
+        offset += len(block)
+    if offset != size:
+        raise HeaderError(f"read {offset} bytes but the object has {size}: it changed mid-read")
+
+    unterminated = planner.scanner.inside_quotes
+    start = len(UTF8_BOM) if has_bom else 0
+    if planner.data_start is None:
+        # The header is the whole object: either it has no LF, or a quote never closes.
+        if unterminated:
+            raise HeaderError("the header has an unclosed quote that runs to the end of the file")
+        header_bytes = bytes(planner.header_bytes or b"")
+        planner.data_start = size
+    else:
+        header_bytes = bytes(planner.header_bytes or b"")
+        tail_start = planner.last_end + 1
+        if tail_start < size and not _tail_is_blank(planner, size):
+            planner.record_count += 1  # a final record without a trailing newline
+    header = _parse_header(header_bytes, start)
+
+    cuts = [planner.data_start, *planner.boundaries]
+    if not cuts or cuts[-1] != size:
+        cuts.append(size)
+    chunks = tuple(
+        ByteRange(index=i, start=a, end=b)
+        for i, (a, b) in enumerate(zip(cuts, cuts[1:], strict=False))
+        if b > a
+    )
+    return ChunkPlan(
+        size=size,
+        header=header,
+        data_start=planner.data_start,
+        chunks=chunks,
+        record_count=planner.record_count,
+        has_bom=has_bom,
+        unterminated_quote=unterminated,
+    )
+
+
+def _with_whole_bom(blocks: Iterable[bytes]) -> Iterable[bytes]:
+    """Yield non-empty blocks, the first at least as long as a BOM (when the data allows)."""
+    head = b""
+    iterator = iter(blocks)
+    for block in iterator:
+        head += block
+        if len(head) >= len(UTF8_BOM):
+            break
+    if head:
+        yield head
+    for block in iterator:
+        if block:
+            yield block
+
+
+def _tail_is_blank(planner: _Planner, size: int) -> bool:
+    return size - (planner.last_end + 1) == 1 and planner.last_byte == CR
+
+
+def _consume(planner: _Planner, view: memoryview, base: int) -> None:
+    if not len(view):
+        return
+    ends = planner.scanner.feed(view, base)
+    if planner.data_start is None:
+        if len(ends) == 0:
+            planner.header_bytes.extend(view)
+            if len(planner.header_bytes) > MAX_HEADER_BYTES:
+                raise HeaderError(f"no header line end within the first {MAX_HEADER_BYTES} bytes")
+            planner.last_byte = view[-1]
+            return
+        header_end = int(ends[0])
+        planner.header_bytes.extend(view[: header_end - base])
+        planner.data_start = header_end + 1
+        planner.next_cut = planner.data_start + planner.target
+        planner.last_end = header_end
+        ends = ends[1:]
+    if len(ends):
+        _count_records(planner, view, base, ends)
+        _cut(planner, ends)
+        planner.last_end = int(ends[-1])
+    planner.last_byte = view[-1]
+
+
+def _count_records(planner: _Planner, view: memoryview, base: int, ends: np.ndarray) -> None:
+    starts = np.empty_like(ends)
+    starts[0] = planner.last_end + 1
+    starts[1:] = ends[:-1] + 1
+    lengths = ends - starts
+    blank = lengths == 0
+    single = np.flatnonzero(lengths == 1)
+    if len(single):
+        arr = np.frombuffer(view, dtype=np.uint8)
+        before = ends[single] - 1 - base
+        byte_before = np.where(before >= 0, arr[np.maximum(before, 0)], planner.last_byte)
+        blank[single] |= byte_before == CR
+    planner.record_count += int(len(ends) - np.count_nonzero(blank))
+
+
+def _cut(planner: _Planner, ends: np.ndarray) -> None:
+    after = ends + 1
+    while True:
+        slot = int(np.searchsorted(after, planner.next_cut, side="left"))
+        if slot >= len(after):
+            return
+        cut = int(after[slot])
+        planner.boundaries.append(cut)
+        planner.next_cut = cut + planner.target
+
+
+def _parse_header(raw: bytes, start: int) -> tuple[str, ...]:
+    if raw.endswith(b"\r"):
+        raw = raw[:-1]
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise HeaderError(
+            f"the header is not valid UTF-8 at byte {start + error.start}: {error.reason}"
+        ) from None
+    if not text.strip():
+        raise HeaderError("the header line is empty")
+    try:
+        rows = list(csv.reader([text]))
+    except csv.Error as error:
+        raise HeaderError(f"the header is not valid CSV: {error}") from None
+    return tuple(rows[0]) if rows else ()

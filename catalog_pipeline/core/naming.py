@@ -1,0 +1,73 @@
+"""Object-key naming: source and scrape time from a key, and Dagster-safe partition keys."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from urllib.parse import unquote
+
+_TIMESTAMPED = re.compile(
+    r"^(?P<source>.+)_(?P<ts>\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2})\.csv$", re.IGNORECASE
+)
+# Characters Dagster handles badly in partition keys, plus '%' so encoding stays reversible.
+_UNSAFE_CHARS = frozenset(",|[]%")
+_DOT_RUN = re.compile(r"\.{3,}")
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectName:
+    """What an object key says about its contents."""
+
+    source: str
+    observed_at: datetime
+
+
+def is_csv_key(key: str) -> bool:
+    """True for keys that name a CSV object (folders and other files are ignored)."""
+    return key.lower().endswith(".csv") and not key.endswith("/")
+
+
+def parse_object_key(key: str, last_modified: datetime) -> ObjectName:
+    """Read the source and scrape time from `[prefix/]<source>_<YYYY-MM-DDTHH-MM-SS>.csv`.
+
+    Keys that do not follow the convention use the file stem as source and the object's
+    last-modified time as `observed_at`.
+    """
+    base = key.rsplit("/", 1)[-1]
+    match = _TIMESTAMPED.match(base)
+    if match:
+        try:
+            observed = datetime.strptime(match["ts"], "%Y-%m-%dT%H-%M-%S").replace(tzinfo=UTC)
+            return ObjectName(source=match["source"], observed_at=observed)
+        except ValueError:
+            pass  # e.g. month 13: not a timestamp after all
+    stem = base[:-4] if base.lower().endswith(".csv") else base
+    return ObjectName(source=stem or base, observed_at=_as_utc(last_modified))
+
+
+def _as_utc(moment: datetime) -> datetime:
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+def _encode_char(char: str) -> str:
+    return "".join(f"%{byte:02X}" for byte in char.encode("utf-8"))
+
+
+def encode_partition_key(object_key: str) -> str:
+    """Percent-encode the characters Dagster mishandles; `decode_partition_key` reverses it."""
+    out = []
+    for char in object_key:
+        if char in _UNSAFE_CHARS or ord(char) < 0x20 or ord(char) == 0x7F:
+            out.append(_encode_char(char))
+        else:
+            out.append(char)
+    encoded = "".join(out)
+    return _DOT_RUN.sub(lambda m: "%2E" * len(m.group(0)), encoded)
+
+
+def decode_partition_key(partition_key: str) -> str:
+    """Inverse of `encode_partition_key`."""
+    return unquote(partition_key, errors="strict")

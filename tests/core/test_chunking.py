@@ -1,0 +1,181 @@
+"""Chunk planning and reading: the chunks of any CSV yield exactly the file's records."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from catalog_pipeline.core.chunking import UTF8_BOM, plan_chunks
+from catalog_pipeline.core.errors import HeaderError
+from catalog_pipeline.core.reader import ENCODING_ERROR, MALFORMED_ROW, read_chunk
+
+ALPHABET = st.sampled_from(
+    list("abcXYZ019 ,.;-_/\"'\n\r\t") + ["é", "ß", "日本", "💿", "\u00a0", '""', "\r\n"]
+)
+FIELD = st.lists(ALPHABET, max_size=12).map("".join)
+LONG_FIELD = st.integers(min_value=1000, max_value=6000).map(lambda n: ("描述\n," * n)[:n])
+PLAIN_FIELD = st.text(
+    alphabet=st.sampled_from(list('abc 12"é日.')), min_size=1, max_size=8
+).filter(lambda s: not s.startswith('"'))
+
+
+def _blocks(data: bytes, sizes: list[int]) -> list[bytes]:
+    out, position, index = [], 0, 0
+    while position < len(data):
+        step = sizes[index % len(sizes)] if sizes else len(data)
+        out.append(data[position : position + step])
+        position += step
+        index += 1
+    return out
+
+
+def _expected(data: bytes) -> list[list[str]]:
+    text = data.decode("utf-8-sig")
+    return [row for row in csv.reader(io.StringIO(text, newline="")) if row]
+
+
+def _read_all(data: bytes, chunk_bytes: int, block_sizes: list[int]):
+    plan = plan_chunks(_blocks(data, block_sizes), len(data), chunk_bytes)
+    records = []
+    for chunk in plan.chunks:
+        part = read_chunk(data[chunk.start : chunk.end], chunk.start, chunk.end == len(data))
+        records.extend(part.records)
+    return plan, records
+
+
+def _written(fields: list[str]) -> str:
+    # A "\r\n" writer quotes any field holding CR or LF, as well-formed CSV must.
+    out = io.StringIO(newline="")
+    csv.writer(out, lineterminator="\r\n").writerow(fields)
+    line = out.getvalue().removesuffix("\r\n")
+    return '""' if line == "" else line
+
+
+@st.composite
+def csv_files(draw):
+    columns = draw(st.integers(min_value=1, max_value=5))
+    header = [f"col{i}" for i in range(columns)]
+    rows = []
+    for _ in range(draw(st.integers(min_value=0, max_value=40))):
+        kind = draw(st.sampled_from(["written", "written", "long", "plain"]))
+        if kind == "plain":
+            rows.append(("plain", draw(st.lists(PLAIN_FIELD, min_size=columns, max_size=columns))))
+        elif kind == "long":
+            fields = draw(st.lists(FIELD, min_size=columns, max_size=columns))
+            fields[0] = draw(LONG_FIELD)
+            rows.append(("written", fields))
+        else:
+            rows.append(("written", draw(st.lists(FIELD, min_size=columns, max_size=columns))))
+    terminator = draw(st.sampled_from(["\n", "\r\n"]))
+    lines = [_written(header)]
+    for kind, fields in rows:
+        # "plain" rows carry stray quotes inside unquoted fields: they stay literal.
+        lines.append(",".join(fields) if kind == "plain" else _written(fields))
+    text = terminator.join(lines) + terminator
+    if draw(st.booleans()):
+        text = text[: -len(terminator)]  # no newline at the end of the file
+    data = text.encode("utf-8")
+    if draw(st.booleans()):
+        data = UTF8_BOM + data
+    return data
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    data=csv_files(),
+    chunk_bytes=st.integers(min_value=1024, max_value=6000),
+    block_sizes=st.lists(st.integers(min_value=1, max_value=3000), min_size=1, max_size=4),
+)
+def test_chunks_yield_exactly_the_records_of_the_whole_file(data, chunk_bytes, block_sizes):
+    expected = _expected(data)
+    plan, records = _read_all(data, chunk_bytes, block_sizes)
+
+    assert list(plan.header) == expected[0]
+    assert [r.fields for r in records] == expected[1:]
+    assert plan.record_count == len(expected) - 1
+    # Chunks tile the data exactly, and every offset points at its own record.
+    assert [c.start for c in plan.chunks[1:]] == [c.end for c in plan.chunks[:-1]]
+    if plan.chunks:
+        assert plan.chunks[0].start == plan.data_start and plan.chunks[-1].end == len(data)
+    offsets = [r.offset for r in records]
+    assert offsets == sorted(set(offsets))
+    for record in records:
+        alone = data[record.offset : record.end].decode("utf-8").removesuffix("\r")
+        assert next(csv.reader([alone])) == record.fields
+
+
+def test_chunk_sizes_stay_near_the_target():
+    rows = "".join(f'sku{i},"line one\nline two, with comma",{i}\n' for i in range(3000))
+    data = ("sku,description,n\n" + rows).encode()
+    plan = plan_chunks([data], len(data), 4096)
+    sizes = [c.size for c in plan.chunks]
+    assert len(plan.chunks) == pytest.approx(len(data) / 4096, abs=2)
+    assert all(4096 <= size < 4096 + 64 for size in sizes[:-1])
+    assert plan.record_count == 3000
+
+
+def test_row_longer_than_any_window_is_one_record():
+    long_value = "x" * 50_000
+    data = f'sku,desc\r\na,"{long_value}\r\nstill quoted"\r\nb,short\r\n'.encode()
+    plan, records = _read_all(data, 1024, [700])
+    assert [r.fields[0] for r in records] == ["a", "b"]
+    assert records[0].fields[1].endswith("still quoted")
+    assert len(plan.chunks) == 2
+
+
+def test_empty_object_is_rejected_clearly():
+    with pytest.raises(HeaderError, match="empty"):
+        plan_chunks([], 0, 1024)
+
+
+def test_header_only_file_has_no_chunks():
+    for data in (b"sku,name,url", b"sku,name,url\n", b"\xef\xbb\xbfsku,name,url\r\n"):
+        plan = plan_chunks([data], len(data), 1024)
+        assert plan.header == ("sku", "name", "url")
+        assert plan.chunks == () and plan.record_count == 0
+
+
+def test_header_with_unclosed_quote_is_rejected():
+    data = b'sku,"name\nurl\n'
+    with pytest.raises(HeaderError, match="unclosed quote"):
+        plan_chunks([data], len(data), 1024)
+
+
+def test_unclosed_quote_at_end_of_file_is_one_malformed_record():
+    data = b'sku,name\na,b\nc,"never closed\nd,e\n'
+    plan, records = _read_all(data, 1024, [5])
+    assert plan.unterminated_quote and plan.record_count == 2
+    assert records[0].fields == ["a", "b"]
+    assert records[1].error == MALFORMED_ROW and records[1].offset == data.index(b"c,")
+
+
+def test_undecodable_record_is_an_encoding_error_and_neighbours_survive():
+    data = b"sku,name\na,ok\nb,caf\xe9\nc,fine\n"
+    _, records = _read_all(data, 1024, [4])
+    assert [r.error for r in records] == [None, ENCODING_ERROR, None]
+    assert records[1].offset == data.index(b"b,caf")
+    assert records[2].fields == ["c", "fine"]
+
+
+def test_undecodable_header_is_rejected_with_its_offset():
+    data = b"sku,n\xffame\na,b\n"
+    with pytest.raises(HeaderError, match="byte 5"):
+        plan_chunks([data], len(data), 1024)
+
+
+def test_object_that_changes_size_mid_read_fails():
+    data = b"sku,name\na,b\n"
+    with pytest.raises(HeaderError, match="changed"):
+        plan_chunks([data], len(data) + 10, 1024)
+
+
+def test_lone_carriage_return_outside_quotes_is_one_malformed_record():
+    # Python's csv would split "a\rb" into two broken records; we keep it whole and flag it.
+    data = b"sku,name\na\rb,c\nd,e\n"
+    plan, records = _read_all(data, 1024, [64])
+    assert plan.record_count == 2
+    assert records[0].error == MALFORMED_ROW and records[1].fields == ["d", "e"]
