@@ -13,8 +13,8 @@ import ipaddress
 import re
 import socket
 import unicodedata
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
 from urllib.parse import unquote, urlsplit
 
 __all__ = [
@@ -117,6 +117,7 @@ _HEADER_JUNK = re.compile(r"[^a-z0-9]+")
 _SKU = re.compile(r"[A-Za-z0-9_./-]+")
 _NUMBER = r"(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?"
 _PRICE = re.compile(_NUMBER, re.ASCII)
+_PRICE_FAST = re.compile(rf"[$€£]?({_NUMBER})", re.ASCII)  # the common shapes, no stripping
 _WEIGHT = re.compile(rf"({_NUMBER})\s*([A-Za-z]+)?", re.ASCII)
 _PLAY_COUNT = re.compile(r"\d{1,3}(?:,\d{3})+|\d+", re.ASCII)
 # A URL whose authority is a plain host (and optional short port) can be judged without
@@ -222,6 +223,40 @@ class Item:
     external_id: str | None
 
 
+def _item_maker() -> Callable[..., Item]:
+    """Return a positional ``Item`` constructor that fills the slots directly.
+
+    The frozen dataclass ``__init__`` pays one ``object.__setattr__`` call per field (about
+    0.7 µs a row here); the slot descriptors give an identical, still frozen ``Item``.
+    """
+    new = object.__new__
+    (s0, s1, s2, s3, s4, s5, s6, s7, s8, s9, s10, s11, s12) = (
+        getattr(Item, f.name).__set__ for f in fields(Item)
+    )
+
+    def make_item(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12):
+        item = new(Item)
+        s0(item, a0)
+        s1(item, a1)
+        s2(item, a2)
+        s3(item, a3)
+        s4(item, a4)
+        s5(item, a5)
+        s6(item, a6)
+        s7(item, a7)
+        s8(item, a8)
+        s9(item, a9)
+        s10(item, a10)
+        s11(item, a11)
+        s12(item, a12)
+        return item
+
+    return make_item
+
+
+_make_item = _item_maker()
+
+
 def validate_record(
     fields: Sequence[str], mapping: HeaderMapping
 ) -> tuple[Item | None, tuple[str, ...]]:
@@ -316,7 +351,7 @@ def validate_record(
             raw = raw.replace("|", " ").replace(";", " ")
         image_urls = tuple(raw.split())
     return (
-        Item(
+        _make_item(
             sku,
             name,
             url,
@@ -337,11 +372,14 @@ def validate_record(
 
 def _parse_price(raw: str) -> float | None:
     """Parse a price such as ``$1,234.50``; ``None`` when malformed or out of range."""
-    if _PRICE.fullmatch(raw) is None:
+    match = _PRICE_FAST.fullmatch(raw)
+    if match is not None:
+        raw = match.group(1)
+    else:
         raw = "".join(raw.replace("$", "").replace("€", "").replace("£", "").split())
         if _PRICE.fullmatch(raw) is None:
             return None
-    value = float(raw.replace(",", "")) if "," in raw else float(raw)
+    value = float(raw.replace(",", "") if "," in raw else raw)
     return value if value <= MAX_PRICE else None
 
 
@@ -360,9 +398,12 @@ def _parse_weight(raw: str, unit_column: str) -> float | None:
 
 def _parse_play_count(raw: str) -> int | None:
     """Parse a non-negative integer, thousands commas allowed; ``None`` when malformed."""
-    if _PLAY_COUNT.fullmatch(raw) is None:
+    if raw.isascii() and raw.isdigit():
+        digits = raw
+    elif _PLAY_COUNT.fullmatch(raw) is not None:
+        digits = raw.replace(",", "")
+    else:
         return None
-    digits = raw.replace(",", "") if "," in raw else raw
     if len(digits) > 19:  # also keeps int() clear of the max-str-digits limit
         return None
     value = int(digits)

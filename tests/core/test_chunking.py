@@ -18,9 +18,9 @@ ALPHABET = st.sampled_from(
 )
 FIELD = st.lists(ALPHABET, max_size=12).map("".join)
 LONG_FIELD = st.integers(min_value=1000, max_value=6000).map(lambda n: ("描述\n," * n)[:n])
-PLAIN_FIELD = st.text(
-    alphabet=st.sampled_from(list('abc 12"é日.')), min_size=1, max_size=8
-).filter(lambda s: not s.startswith('"'))
+PLAIN_FIELD = st.text(alphabet=st.sampled_from(list('abc 12"é日.')), min_size=1, max_size=8).filter(
+    lambda s: not s.startswith('"')
+)
 
 
 def _blocks(data: bytes, sizes: list[int]) -> list[bytes]:

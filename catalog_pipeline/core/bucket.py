@@ -1,0 +1,196 @@
+"""Object-store access: a local folder as a bucket, or S3/R2. Every read is pinned to an ETag."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import urlparse
+
+from catalog_pipeline.core.errors import CatalogError, ObjectChangedError
+
+DEFAULT_BUCKET_URL = "file://./data/bucket"
+BLOCK_BYTES = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    """What HEAD (or a listing) says about one object version."""
+
+    key: str
+    etag: str
+    size: int
+    last_modified: datetime
+
+
+class BucketError(CatalogError):
+    """The bucket URL is invalid, or a key escapes the bucket."""
+
+
+class Bucket(Protocol):
+    url: str
+
+    def list_objects(self, start_after: str | None = None) -> Iterator[ObjectInfo]: ...
+
+    def head(self, key: str) -> ObjectInfo: ...
+
+    def iter_blocks(self, info: ObjectInfo, block_bytes: int = BLOCK_BYTES) -> Iterator[bytes]: ...
+
+    def read_range(self, info: ObjectInfo, start: int, end: int) -> bytes: ...
+
+    def put(self, key: str, data: bytes) -> ObjectInfo: ...
+
+
+def open_bucket(url: str, endpoint_url: str | None = None, **s3_options) -> Bucket:
+    """`file://PATH` (relative paths are from the working directory) or `s3://BUCKET/PREFIX`."""
+    parsed = urlparse(url)
+    if parsed.scheme == "file":
+        return LocalBucket(Path((parsed.netloc + parsed.path) or "."))
+    if parsed.scheme == "s3":
+        if not parsed.netloc:
+            raise BucketError(f"bucket URL {url!r} names no bucket")
+        return S3Bucket(parsed.netloc, parsed.path.lstrip("/"), endpoint_url, **s3_options)
+    raise BucketError(f"bucket URL {url!r}: use file://PATH or s3://BUCKET/PREFIX")
+
+
+class LocalBucket:
+    """A folder as a bucket. Keys are '/'-separated paths below the folder.
+
+    The ETag is size and modification time (like a web server's), so HEAD stays cheap on
+    large files; a rewrite changes it.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        self.url = f"file://{self.root}"
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if not path.is_relative_to(self.root) or path == self.root:
+            raise BucketError(f"key {key!r} escapes the bucket folder {self.root}")
+        return path
+
+    def _info(self, key: str, stat: os.stat_result) -> ObjectInfo:
+        token = hashlib.blake2b(f"{stat.st_size}:{stat.st_mtime_ns}".encode(), digest_size=8)
+        return ObjectInfo(
+            key=key,
+            etag=token.hexdigest(),
+            size=stat.st_size,
+            last_modified=datetime.fromtimestamp(stat.st_mtime, UTC),
+        )
+
+    def list_objects(self, start_after: str | None = None) -> Iterator[ObjectInfo]:
+        if not self.root.exists():
+            return
+        keys = sorted(
+            path.relative_to(self.root).as_posix()
+            for path in self.root.rglob("*")
+            if path.is_file() and not path.name.startswith(".")
+        )
+        for key in keys:
+            if start_after is not None and key <= start_after:
+                continue
+            try:
+                yield self._info(key, (self.root / key).stat())
+            except FileNotFoundError:
+                continue  # deleted while listing
+
+    def head(self, key: str) -> ObjectInfo:
+        return self._info(key, self._path(key).stat())
+
+    def _check(self, info: ObjectInfo, handle) -> None:
+        current = self._info(info.key, os.fstat(handle.fileno()))
+        if current.etag != info.etag:
+            raise ObjectChangedError(info.key, info.etag, f"current ETag {current.etag}")
+
+    def iter_blocks(self, info: ObjectInfo, block_bytes: int = BLOCK_BYTES) -> Iterator[bytes]:
+        with self._path(info.key).open("rb") as handle:
+            self._check(info, handle)
+            while block := handle.read(block_bytes):
+                yield block
+            self._check(info, handle)
+
+    def read_range(self, info: ObjectInfo, start: int, end: int) -> bytes:
+        with self._path(info.key).open("rb") as handle:
+            self._check(info, handle)
+            handle.seek(start)
+            data = handle.read(end - start)
+            self._check(info, handle)
+        return data
+
+    def put(self, key: str, data: bytes) -> ObjectInfo:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.tmp")
+        temporary.write_bytes(data)
+        temporary.replace(path)  # readers never see a half-written object
+        return self.head(key)
+
+
+class S3Bucket:
+    """S3 or Cloudflare R2 (set `endpoint_url`). Reads use `IfMatch` on the planned ETag."""
+
+    def __init__(
+        self, bucket: str, prefix: str = "", endpoint_url: str | None = None, client=None, **options
+    ) -> None:
+        import boto3
+
+        self.bucket = bucket
+        self.prefix = prefix
+        self.url = f"s3://{bucket}/{prefix}"
+        self.client = client or boto3.client("s3", endpoint_url=endpoint_url or None, **options)
+
+    def _info(self, key: str, etag: str, size: int, last_modified: datetime) -> ObjectInfo:
+        return ObjectInfo(key=key, etag=etag.strip('"'), size=size, last_modified=last_modified)
+
+    def list_objects(self, start_after: str | None = None) -> Iterator[ObjectInfo]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        arguments = {"Bucket": self.bucket, "Prefix": self.prefix}
+        if start_after:
+            arguments["StartAfter"] = start_after
+        for page in paginator.paginate(**arguments):
+            for entry in page.get("Contents", []):
+                yield self._info(entry["Key"], entry["ETag"], entry["Size"], entry["LastModified"])
+
+    def head(self, key: str) -> ObjectInfo:
+        response = self.client.head_object(Bucket=self.bucket, Key=key)
+        return self._info(
+            key, response["ETag"], response["ContentLength"], response["LastModified"]
+        )
+
+    def _get(self, info: ObjectInfo, **arguments):
+        from botocore.exceptions import ClientError
+
+        try:
+            return self.client.get_object(
+                Bucket=self.bucket, Key=info.key, IfMatch=f'"{info.etag}"', **arguments
+            )
+        except ClientError as error:
+            code = error.response.get("Error", {}).get("Code", "")
+            status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code in ("PreconditionFailed", "412") or status == 412:
+                raise ObjectChangedError(info.key, info.etag, "the bucket answered 412") from None
+            if code in ("NoSuchKey", "404") or status == 404:
+                raise ObjectChangedError(info.key, info.etag, "the object was deleted") from None
+            raise
+
+    def iter_blocks(self, info: ObjectInfo, block_bytes: int = BLOCK_BYTES) -> Iterator[bytes]:
+        body = self._get(info)["Body"]
+        try:
+            yield from body.iter_chunks(block_bytes)
+        finally:
+            body.close()
+
+    def read_range(self, info: ObjectInfo, start: int, end: int) -> bytes:
+        if end <= start:
+            return b""
+        response = self._get(info, Range=f"bytes={start}-{end - 1}")
+        return response["Body"].read()
+
+    def put(self, key: str, data: bytes) -> ObjectInfo:
+        self.client.put_object(Bucket=self.bucket, Key=key, Body=data)
+        return self.head(key)

@@ -1,0 +1,63 @@
+"""Engines and migrations: one place that knows the database URL and the schema version."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+DEFAULT_SQLITE_FILE = "catalog.sqlite"
+
+
+def default_database_url() -> str:
+    """SQLite in the Dagster instance folder (or `./data` without one): zero setup."""
+    home = os.environ.get("DAGSTER_HOME")
+    folder = Path(home) if home else Path("data")
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{(folder / DEFAULT_SQLITE_FILE).resolve()}"
+
+
+def make_engine(url: str | None = None) -> Engine:
+    """An engine for `url` (default: `CATALOG_DATABASE_URL`, else the embedded SQLite)."""
+    url = url or os.environ.get("CATALOG_DATABASE_URL") or default_database_url()
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        engine = create_engine(url, connect_args={"timeout": 60})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    if parsed.drivername == "postgresql":
+        url = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    return create_engine(url, pool_pre_ping=True)
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=60000")
+    cursor.close()
+
+
+def alembic_config(engine: Engine) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["engine"] = engine
+    return config
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Apply migrations up to `revision`. Safe to call on every start: a no-op when current."""
+    command.upgrade(alembic_config(engine), revision)
+
+
+def current_revision(engine: Engine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()

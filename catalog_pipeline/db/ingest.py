@@ -1,0 +1,451 @@
+"""Writes of the ingest run: plans, chunk results, catalog upserts, invalid-row logs.
+
+Every function here is idempotent. A chunk's items, provenance, invalid logs and result
+are written in one transaction, so a killed step leaves either all of it or none.
+
+Upserts go through a temporary staging table: Postgres fills it with COPY, SQLite with
+one executemany; then a single `INSERT … SELECT … ON CONFLICT (sku) DO UPDATE … WHERE`
+applies the precedence rule. A row replaces the stored item only when its
+(observed_at, object_key, source_file_id, source_offset) is greater. `source_file_id`
+(an increasing id per object version) sits before the byte offset so that a new version
+of a timestamped key wins over the old version even where its row moved to a lower offset.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    Engine,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    and_,
+    func,
+    literal,
+    select,
+    true,
+    tuple_,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+
+from catalog_pipeline.core.chunking import ChunkPlan
+from catalog_pipeline.core.items import StagedItem
+from catalog_pipeline.db.tables import (
+    UtcDateTime,
+    catalog_item_sources,
+    catalog_items,
+    invalid_item_logs,
+    source_chunks,
+    source_files,
+    utcnow,
+)
+
+ITEM_COLUMNS = (
+    "sku",
+    "name",
+    "brand",
+    "category",
+    "description",
+    "price",
+    "currency",
+    "url",
+    "image_urls",
+    "availability",
+    "weight_grams",
+    "play_count",
+    "external_id",
+    "source",
+    "observed_at",
+    "object_key",
+    "source_file_id",
+    "source_offset",
+    "content_hash",
+)
+_STAGE_TYPES = {
+    "price": Float,
+    "weight_grams": Float,
+    "play_count": BigInteger,
+    "observed_at": UtcDateTime,
+    "source_file_id": Integer,
+    "source_offset": BigInteger,
+    "sku": String(200),
+    "content_hash": String(64),
+}
+
+
+def _insert(connection: Connection):
+    return postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
+
+
+@dataclass(frozen=True, slots=True)
+class SourceObject:
+    """The version of an object being ingested, as HEAD reported it."""
+
+    object_key: str
+    etag: str
+    size: int
+    last_modified: datetime
+    source: str
+    observed_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidRow:
+    byte_offset: int
+    reasons: tuple[str, ...]
+    raw: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class FileSummary:
+    source_file_id: int
+    object_key: str
+    etag: str
+    status: str
+    rows_total: int
+    rows_valid: int
+    rows_invalid: int
+    verified_row_count: int | None
+    rejected_reason: str | None
+    chunks_total: int
+    chunks_completed: int
+
+
+def _upsert_file(connection: Connection, obj: SourceObject, values: dict) -> int:
+    insert = _insert(connection)
+    row = {
+        "object_key": obj.object_key,
+        "etag": obj.etag,
+        "source": obj.source,
+        "observed_at": obj.observed_at,
+        "last_modified": obj.last_modified,
+        "size": obj.size,
+        **values,
+    }
+    statement = (
+        insert(source_files)
+        .values(**row, created_at=utcnow(), updated_at=utcnow())
+        .on_conflict_do_update(
+            index_elements=["object_key", "etag"], set_={**values, "updated_at": utcnow()}
+        )
+        .returning(source_files.c.id)
+    )
+    file_id = connection.execute(statement).scalar_one()
+    _supersede_older_versions(connection, obj.object_key, file_id)
+    return file_id
+
+
+def _supersede_older_versions(connection: Connection, object_key: str, file_id: int) -> None:
+    connection.execute(
+        update(source_files)
+        .where(
+            source_files.c.object_key == object_key,
+            source_files.c.id < file_id,
+            source_files.c.status != "superseded",
+        )
+        .values(status="superseded", superseded_by=file_id, updated_at=utcnow())
+    )
+
+
+def record_plan(
+    engine: Engine, obj: SourceObject, plan: ChunkPlan, chunk_bytes: int, run_id: str | None
+) -> int:
+    """Store the plan of an object version (re-planning the same version replaces it)."""
+    with engine.begin() as connection:
+        file_id = _upsert_file(
+            connection,
+            obj,
+            {
+                "status": "ingesting",
+                "rejected_reason": None,
+                "error": None,
+                "header": json.dumps(list(plan.header)),
+                "data_start": plan.data_start,
+                "chunk_bytes": chunk_bytes,
+                "chunk_count": len(plan.chunks),
+                "has_bom": plan.has_bom,
+                "verified_row_count": plan.record_count,
+                "verified_at": utcnow(),
+                "run_id": run_id,
+            },
+        )
+        insert = _insert(connection)
+        for chunk in plan.chunks:
+            planned = {"byte_start": chunk.start, "byte_end": chunk.end}
+            connection.execute(
+                insert(source_chunks)
+                .values(
+                    source_file_id=file_id,
+                    chunk_index=chunk.index,
+                    status="planned",
+                    attempts=0,
+                    created_at=utcnow(),
+                    updated_at=utcnow(),
+                    **planned,
+                )
+                .on_conflict_do_update(
+                    index_elements=["source_file_id", "chunk_index"],
+                    # A re-plan of identical ranges keeps results; changed ranges reset them.
+                    set_={**planned, "updated_at": utcnow()},
+                )
+            )
+        connection.execute(
+            source_chunks.delete().where(
+                source_chunks.c.source_file_id == file_id,
+                source_chunks.c.chunk_index >= len(plan.chunks),
+            )
+        )
+    return file_id
+
+
+def record_rejection(engine: Engine, obj: SourceObject, reason: str, run_id: str | None) -> int:
+    """Store a whole-file rejection (empty object, unreadable header, missing columns)."""
+    with engine.begin() as connection:
+        return _upsert_file(
+            connection,
+            obj,
+            {"status": "rejected", "rejected_reason": reason, "run_id": run_id},
+        )
+
+
+def write_chunk(
+    engine: Engine,
+    source_file_id: int,
+    chunk_index: int,
+    items: Sequence[StagedItem],
+    invalid: Sequence[InvalidRow],
+    run_id: str | None,
+    seconds: float,
+) -> None:
+    """Upsert a chunk's valid items and log its invalid rows; record the chunk result."""
+    with engine.begin() as connection:
+        file_row = connection.execute(
+            select(
+                source_files.c.object_key,
+                source_files.c.source,
+                source_files.c.observed_at,
+            ).where(source_files.c.id == source_file_id)
+        ).one()
+        if items:
+            _upsert_items(connection, file_row, source_file_id, items)
+        if invalid:
+            _log_invalid(connection, file_row.object_key, source_file_id, chunk_index, invalid)
+        connection.execute(
+            update(source_chunks)
+            .where(
+                source_chunks.c.source_file_id == source_file_id,
+                source_chunks.c.chunk_index == chunk_index,
+            )
+            .values(
+                status="completed",
+                rows=len(items) + len(invalid),
+                valid=len(items),
+                invalid=len(invalid),
+                attempts=source_chunks.c.attempts + 1,
+                run_id=run_id,
+                error=None,
+                seconds=seconds,
+                updated_at=utcnow(),
+            )
+        )
+
+
+def mark_chunk_failed(
+    engine: Engine, source_file_id: int, chunk_index: int, error: str, run_id: str | None
+) -> None:
+    with engine.begin() as connection:
+        connection.execute(
+            update(source_chunks)
+            .where(
+                source_chunks.c.source_file_id == source_file_id,
+                source_chunks.c.chunk_index == chunk_index,
+            )
+            .values(
+                status="failed",
+                error=error[:4000],
+                attempts=source_chunks.c.attempts + 1,
+                run_id=run_id,
+                updated_at=utcnow(),
+            )
+        )
+
+
+def _stage_table(connection: Connection) -> Table:
+    columns = [Column(name, _STAGE_TYPES.get(name, Text)) for name in ITEM_COLUMNS]
+    if connection.dialect.name == "postgresql":
+        stage = Table(
+            "catalog_items_stage",
+            MetaData(),
+            *columns,
+            prefixes=["TEMPORARY"],
+            postgresql_on_commit="DROP",
+        )
+    else:
+        stage = Table("catalog_items_stage", MetaData(), *columns, prefixes=["TEMPORARY"])
+        stage.drop(connection, checkfirst=True)
+    stage.create(connection)
+    return stage
+
+
+def _fill_stage(connection: Connection, stage: Table, rows: list[tuple]) -> None:
+    if connection.dialect.name == "postgresql":
+        driver = connection.connection.driver_connection
+        columns = ", ".join(ITEM_COLUMNS)  # our own column names, not data
+        statement = f"COPY {stage.name} ({columns}) FROM STDIN"
+        with driver.cursor() as cursor, cursor.copy(statement) as copy:
+            for row in rows:
+                copy.write_row(row)
+        return
+    observed_type = UtcDateTime().process_bind_param
+    position = ITEM_COLUMNS.index("observed_at")
+    dialect = connection.dialect
+    prepared = [
+        row[:position] + (observed_type(row[position], dialect),) + row[position + 1 :]
+        for row in rows
+    ]
+    placeholders = ", ".join("?" for _ in ITEM_COLUMNS)
+    connection.connection.driver_connection.executemany(
+        f"INSERT INTO {stage.name} VALUES ({placeholders})", prepared
+    )
+
+
+def _upsert_items(
+    connection: Connection, file_row, source_file_id: int, items: Sequence[StagedItem]
+) -> None:
+    latest: dict[str, StagedItem] = {}
+    for item in items:  # a SKU twice in one chunk: the later record wins, as in precedence
+        latest[item.sku] = item
+    rows = [
+        item.as_row(file_row.source, file_row.observed_at, file_row.object_key, source_file_id)
+        for item in latest.values()
+    ]
+    stage = _stage_table(connection)
+    _fill_stage(connection, stage, rows)
+
+    now = utcnow()
+    insert = _insert(connection)
+    source_columns = [stage.c[name] for name in ITEM_COLUMNS]
+    statement = insert(catalog_items).from_select(
+        [*ITEM_COLUMNS, "first_seen_at", "updated_at"],
+        select(*source_columns, literal(now, UtcDateTime), literal(now, UtcDateTime)).where(true()),
+    )
+    excluded = statement.excluded
+    precedence = ("observed_at", "object_key", "source_file_id", "source_offset")
+    statement = statement.on_conflict_do_update(
+        index_elements=["sku"],
+        set_={
+            **{name: excluded[name] for name in ITEM_COLUMNS if name != "sku"},
+            "updated_at": now,
+        },
+        where=tuple_(*(excluded[name] for name in precedence))
+        > tuple_(*(catalog_items.c[name] for name in precedence)),
+    )
+    connection.execute(statement)
+    provenance = insert(catalog_item_sources).from_select(
+        ["item_id", "source_file_id", "byte_offset", "first_seen_at"],
+        select(
+            catalog_items.c.id,
+            stage.c.source_file_id,
+            stage.c.source_offset,
+            literal(now, UtcDateTime),
+        ).where(catalog_items.c.sku == stage.c.sku),
+    )
+    connection.execute(
+        provenance.on_conflict_do_nothing(index_elements=["item_id", "source_file_id"])
+    )
+    if connection.dialect.name == "sqlite":
+        stage.drop(connection)
+
+
+def _log_invalid(
+    connection: Connection,
+    object_key: str,
+    source_file_id: int,
+    chunk_index: int,
+    invalid: Sequence[InvalidRow],
+) -> None:
+    now = utcnow()
+    rows = [
+        {
+            "source_file_id": source_file_id,
+            "object_key": object_key,
+            "chunk_index": chunk_index,
+            "byte_offset": row.byte_offset,
+            "reasons": json.dumps(list(row.reasons)),
+            "raw": row.raw.decode("utf-8", errors="backslashreplace"),
+            "created_at": now,
+        }
+        for row in invalid
+    ]
+    statement = _insert(connection)(invalid_item_logs).on_conflict_do_nothing(
+        index_elements=["source_file_id", "byte_offset"]
+    )
+    connection.execute(statement, rows)
+
+
+def finalize_file(engine: Engine, source_file_id: int) -> FileSummary:
+    """Sum the stored chunk results into the file row; completed only if every chunk is."""
+    with engine.begin() as connection:
+        totals = connection.execute(
+            select(
+                func.count(),
+                func.coalesce(func.sum(source_chunks.c.rows), 0),
+                func.coalesce(func.sum(source_chunks.c.valid), 0),
+                func.coalesce(func.sum(source_chunks.c.invalid), 0),
+                func.count().filter(source_chunks.c.status == "completed"),
+            ).where(source_chunks.c.source_file_id == source_file_id)
+        ).one()
+        chunks_total, rows, valid, invalid, completed = (int(v) for v in totals)
+        status = "completed" if completed == chunks_total else "failed"
+        connection.execute(
+            update(source_files)
+            .where(and_(source_files.c.id == source_file_id, source_files.c.status != "superseded"))
+            .values(
+                status=status,
+                rows_total=rows,
+                rows_valid=valid,
+                rows_invalid=invalid,
+                updated_at=utcnow(),
+            )
+        )
+        return load_summary(connection, source_file_id, chunks_total, completed)
+
+
+def load_summary(
+    connection: Connection,
+    source_file_id: int,
+    chunks_total: int | None = None,
+    chunks_completed: int | None = None,
+) -> FileSummary:
+    row = connection.execute(select(source_files).where(source_files.c.id == source_file_id)).one()
+    if chunks_total is None:
+        counts = connection.execute(
+            select(func.count(), func.count().filter(source_chunks.c.status == "completed")).where(
+                source_chunks.c.source_file_id == source_file_id
+            )
+        ).one()
+        chunks_total, chunks_completed = int(counts[0]), int(counts[1])
+    return FileSummary(
+        source_file_id=row.id,
+        object_key=row.object_key,
+        etag=row.etag,
+        status=row.status,
+        rows_total=row.rows_total or 0,
+        rows_valid=row.rows_valid or 0,
+        rows_invalid=row.rows_invalid or 0,
+        verified_row_count=row.verified_row_count,
+        rejected_reason=row.rejected_reason,
+        chunks_total=chunks_total,
+        chunks_completed=chunks_completed or 0,
+    )

@@ -1,0 +1,231 @@
+"""The catalog schema, the same on SQLite and Postgres. Migrations are generated from this."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Date,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.types import TypeDecorator
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+class UtcDateTime(TypeDecorator):
+    """Timestamps are always UTC: aware in Python, timestamptz on Postgres, ISO text on SQLite.
+
+    SQLite compares timestamps as text, so every value is stored normalised to UTC in one
+    format; that keeps the precedence comparison of `catalog_items` correct on both.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _timestamps() -> list[Column]:
+    return [
+        Column("created_at", UtcDateTime, nullable=False, default=utcnow),
+        Column("updated_at", UtcDateTime, nullable=False, default=utcnow, onupdate=utcnow),
+    ]
+
+
+FILE_STATUSES = ("planned", "ingesting", "completed", "failed", "rejected", "superseded")
+
+source_files = Table(
+    "source_files",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("object_key", Text, nullable=False),
+    Column("etag", String(200), nullable=False),
+    Column("source", Text, nullable=False),
+    Column("observed_at", UtcDateTime, nullable=False),
+    Column("last_modified", UtcDateTime),
+    Column("size", BigInteger, nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("rejected_reason", Text),
+    Column("error", Text),
+    Column("header", Text),
+    Column("data_start", BigInteger),
+    Column("chunk_bytes", BigInteger),
+    Column("chunk_count", Integer),
+    Column("has_bom", Boolean),
+    Column("rows_total", BigInteger),
+    Column("rows_valid", BigInteger),
+    Column("rows_invalid", BigInteger),
+    Column("verified_row_count", BigInteger),
+    Column("verified_at", UtcDateTime),
+    Column("superseded_by", Integer, ForeignKey("source_files.id")),
+    Column("run_id", String(64)),
+    *_timestamps(),
+    UniqueConstraint("object_key", "etag"),
+    Index(None, "status"),
+    Index(None, "source"),
+)
+
+source_chunks = Table(
+    "source_chunks",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("source_file_id", Integer, ForeignKey("source_files.id"), nullable=False),
+    Column("chunk_index", Integer, nullable=False),
+    Column("byte_start", BigInteger, nullable=False),
+    Column("byte_end", BigInteger, nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("rows", BigInteger),
+    Column("valid", BigInteger),
+    Column("invalid", BigInteger),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("run_id", String(64)),
+    Column("error", Text),
+    Column("seconds", Float),
+    *_timestamps(),
+    UniqueConstraint("source_file_id", "chunk_index"),
+)
+
+catalog_items = Table(
+    "catalog_items",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("sku", String(200), nullable=False, unique=True),
+    Column("name", Text, nullable=False),
+    Column("brand", Text),
+    Column("category", Text),
+    Column("description", Text),
+    Column("price", Float),
+    Column("currency", Text),
+    Column("url", Text, nullable=False),
+    Column("image_urls", Text),
+    Column("availability", Text),
+    Column("weight_grams", Float),
+    Column("play_count", BigInteger),
+    Column("external_id", Text),
+    Column("source", Text, nullable=False),
+    Column("observed_at", UtcDateTime, nullable=False),
+    Column("object_key", Text, nullable=False),
+    Column("source_file_id", Integer, ForeignKey("source_files.id"), nullable=False),
+    Column("source_offset", BigInteger, nullable=False),
+    Column("content_hash", String(64), nullable=False),
+    Column("first_seen_at", UtcDateTime, nullable=False, default=utcnow),
+    Column("updated_at", UtcDateTime, nullable=False, default=utcnow),
+    Index(None, "source"),
+    Index(None, "external_id"),
+)
+
+catalog_item_sources = Table(
+    "catalog_item_sources",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("item_id", Integer, ForeignKey("catalog_items.id"), nullable=False),
+    Column("source_file_id", Integer, ForeignKey("source_files.id"), nullable=False),
+    Column("byte_offset", BigInteger, nullable=False),
+    Column("first_seen_at", UtcDateTime, nullable=False, default=utcnow),
+    UniqueConstraint("item_id", "source_file_id"),
+    Index(None, "source_file_id"),
+)
+
+invalid_item_logs = Table(
+    "invalid_item_logs",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("source_file_id", Integer, ForeignKey("source_files.id"), nullable=False),
+    Column("object_key", Text, nullable=False),
+    Column("chunk_index", Integer, nullable=False),
+    Column("byte_offset", BigInteger, nullable=False),
+    Column("reasons", Text, nullable=False),
+    Column("raw", Text, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False, default=utcnow),
+    UniqueConstraint("source_file_id", "byte_offset"),
+    Index(None, "created_at"),
+)
+
+item_classifications = Table(
+    "item_classifications",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("item_id", Integer, ForeignKey("catalog_items.id"), nullable=False),
+    Column("classifier", String(100), nullable=False),
+    Column("category", Text, nullable=False),
+    Column("confidence", Float, nullable=False),
+    Column("input_hash", String(64), nullable=False),
+    Column("classified_at", UtcDateTime, nullable=False, default=utcnow),
+    UniqueConstraint("item_id", "classifier"),
+)
+
+playcount_measurements = Table(
+    "playcount_measurements",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("item_id", Integer, ForeignKey("catalog_items.id"), nullable=False),
+    Column("origin", String(20), nullable=False),
+    Column("measured_on", Date, nullable=False),
+    Column("play_count", BigInteger, nullable=False),
+    Column("recorded_at", UtcDateTime, nullable=False, default=utcnow),
+    UniqueConstraint("item_id", "origin", "measured_on"),
+)
+
+playcount_backfill_queue = Table(
+    "playcount_backfill_queue",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("item_id", Integer, ForeignKey("catalog_items.id"), nullable=False, unique=True),
+    Column("status", String(20), nullable=False, default="pending"),
+    Column("outcome", String(20)),
+    Column("rank_score", Float, nullable=False, default=0.0),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("last_status", String(20)),
+    Column("last_error", Text),
+    Column("claimed_at", UtcDateTime),
+    Column("claimed_by", String(100)),
+    *_timestamps(),
+    Index(None, "status", "rank_score"),
+)
+
+provider_calls = Table(
+    "provider_calls",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("item_id", Integer, ForeignKey("catalog_items.id")),
+    Column("external_id", Text),
+    Column("called_at", UtcDateTime, nullable=False, default=utcnow),
+    Column("status", String(20), nullable=False),
+    Column("latency_ms", Float),
+    Column("quota_units", Integer, nullable=False, default=1),
+    Column("error", Text),
+    Index(None, "called_at"),
+)

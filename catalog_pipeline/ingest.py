@@ -1,0 +1,175 @@
+"""The ingest steps, free of Dagster: plan an object, process one chunk, finalize.
+
+The Dagster ops call these one step each; `ingest_object` runs them in sequence for the
+core-only path (benchmarks, tests). Both write the same rows.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, select
+
+from catalog_pipeline.core.bucket import Bucket, ObjectInfo
+from catalog_pipeline.core.chunking import ByteRange, ChunkPlan, plan_chunks
+from catalog_pipeline.core.errors import ChunkError, HeaderError, ObjectChangedError
+from catalog_pipeline.core.ingest import ChunkOutcome, process_chunk_bytes
+from catalog_pipeline.core.naming import parse_object_key
+from catalog_pipeline.core.validation import HeaderMapping, MissingColumnsError, map_header
+from catalog_pipeline.db import ingest as db
+from catalog_pipeline.db.tables import source_chunks, source_files
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedFile:
+    """The stored plan of one object version; small enough to pass between steps."""
+
+    source_file_id: int
+    info: ObjectInfo
+    header: tuple[str, ...]
+    chunks: tuple[ByteRange, ...]
+    record_count: int
+    rejected_reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkReport:
+    chunk_index: int
+    byte_start: int
+    byte_end: int
+    rows: int
+    valid: int
+    invalid: int
+    reasons: dict[str, int]
+    seconds: float
+
+
+def source_object(info: ObjectInfo) -> db.SourceObject:
+    name = parse_object_key(info.key, info.last_modified)
+    return db.SourceObject(
+        object_key=info.key,
+        etag=info.etag,
+        size=info.size,
+        last_modified=info.last_modified,
+        source=name.source,
+        observed_at=name.observed_at,
+    )
+
+
+def plan_object(
+    bucket: Bucket, engine: Engine, key: str, chunk_bytes: int, run_id: str | None = None
+) -> PlannedFile:
+    """HEAD the object, plan its chunks in one streaming read, and store the plan.
+
+    A file that cannot be ingested at all (empty, unreadable header, missing required
+    columns) is stored as `rejected` with its reason and returned with no chunks.
+    """
+    info = bucket.head(key)
+    obj = source_object(info)
+    try:
+        plan = plan_chunks(bucket.iter_blocks(info), info.size, chunk_bytes)
+        map_header(plan.header)
+    except (HeaderError, MissingColumnsError) as error:
+        file_id = db.record_rejection(engine, obj, str(error), run_id)
+        return PlannedFile(file_id, info, (), (), 0, rejected_reason=str(error))
+    file_id = db.record_plan(engine, obj, plan, chunk_bytes, run_id)
+    return _planned(file_id, info, plan)
+
+
+def _planned(file_id: int, info: ObjectInfo, plan: ChunkPlan) -> PlannedFile:
+    return PlannedFile(file_id, info, plan.header, plan.chunks, plan.record_count)
+
+
+def ingest_chunk(
+    bucket: Bucket,
+    engine: Engine,
+    planned: PlannedFile,
+    chunk: ByteRange,
+    run_id: str | None = None,
+) -> ChunkReport:
+    """Read one planned range (pinned to the planned ETag), validate it and store the result.
+
+    Raises `ObjectChangedError` if the object was overwritten since planning and
+    `ChunkError` for anything else, after recording the failure on the chunk row.
+    """
+    started = time.perf_counter()
+    try:
+        mapping: HeaderMapping = map_header(planned.header)
+        data = bucket.read_range(planned.info, chunk.start, chunk.end)
+        if len(data) != chunk.size:
+            raise ChunkError(
+                planned.info.key,
+                chunk.index,
+                chunk.start,
+                f"read {len(data)} bytes, planned {chunk.size}",
+            )
+        outcome: ChunkOutcome = process_chunk_bytes(
+            data, chunk.start, mapping, chunk.end == planned.info.size
+        )
+        seconds = time.perf_counter() - started
+        invalid = [db.InvalidRow(r.byte_offset, r.reasons, r.raw) for r in outcome.invalid]
+        db.write_chunk(
+            engine, planned.source_file_id, chunk.index, outcome.items, invalid, run_id, seconds
+        )
+    except ObjectChangedError as error:
+        db.mark_chunk_failed(engine, planned.source_file_id, chunk.index, str(error), run_id)
+        raise
+    except ChunkError as error:
+        db.mark_chunk_failed(engine, planned.source_file_id, chunk.index, str(error), run_id)
+        raise
+    except Exception as error:
+        wrapped = ChunkError(planned.info.key, chunk.index, chunk.start, repr(error))
+        db.mark_chunk_failed(engine, planned.source_file_id, chunk.index, str(wrapped), run_id)
+        raise wrapped from error
+    return ChunkReport(
+        chunk_index=chunk.index,
+        byte_start=chunk.start,
+        byte_end=chunk.end,
+        rows=outcome.rows,
+        valid=len(outcome.items),
+        invalid=len(outcome.invalid),
+        reasons=dict(outcome.reasons),
+        seconds=seconds,
+    )
+
+
+def finalize(engine: Engine, planned: PlannedFile) -> db.FileSummary:
+    """Sum the stored chunk results (a retried chunk counts once) into the file row."""
+    if planned.rejected_reason is not None:
+        with engine.connect() as connection:
+            return db.load_summary(connection, planned.source_file_id)
+    return db.finalize_file(engine, planned.source_file_id)
+
+
+def ingest_object(
+    bucket: Bucket, engine: Engine, key: str, chunk_bytes: int, run_id: str | None = None
+) -> tuple[db.FileSummary, Counter]:
+    """Plan, process every chunk and finalize, in this process (the core-only path)."""
+    planned = plan_object(bucket, engine, key, chunk_bytes, run_id)
+    reasons: Counter = Counter()
+    for chunk in planned.chunks:
+        reasons.update(ingest_chunk(bucket, engine, planned, chunk, run_id).reasons)
+    return finalize(engine, planned), reasons
+
+
+def load_planned(engine: Engine, bucket: Bucket, key: str, etag: str) -> PlannedFile | None:
+    """The stored plan for one object version, if any (used by re-execution)."""
+    with engine.connect() as connection:
+        row = connection.execute(
+            select(source_files).where(
+                source_files.c.object_key == key, source_files.c.etag == etag
+            )
+        ).one_or_none()
+        if row is None or row.header is None:
+            return None
+        chunk_rows = connection.execute(
+            select(source_chunks)
+            .where(source_chunks.c.source_file_id == row.id)
+            .order_by(source_chunks.c.chunk_index)
+        ).all()
+    info = ObjectInfo(key, etag, row.size, row.last_modified)
+    chunks = tuple(ByteRange(c.chunk_index, c.byte_start, c.byte_end) for c in chunk_rows)
+    return PlannedFile(row.id, info, tuple(json.loads(row.header)), chunks, row.verified_row_count)

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Start a throwaway PostgreSQL on 127.0.0.1 for the tests; prints the URL to use.
+# The Debian server refuses to run as root, so it runs as the `postgres` user.
+set -euo pipefail
+PORT="${CATALOG_PG_PORT:-54329}"
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    echo "installing PostgreSQL (Debian package)..." >&2
+    apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >&2
+fi
+PGBIN="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)"
+DATA="$(mktemp -d /tmp/catalog-pg.XXXXXX)"
+chown postgres:postgres "$DATA"
+run_as_postgres() { if [ "$(id -u)" = 0 ]; then su postgres -s /bin/bash -c "$*"; else bash -c "$*"; fi; }
+run_as_postgres "'$PGBIN/initdb' -D '$DATA' -A trust -U postgres -E UTF8 >/dev/null"
+run_as_postgres "'$PGBIN/pg_ctl' -D '$DATA' -l '$DATA/server.log' -w start -o \
+  \"-p $PORT -k /tmp -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
+  -c full_page_writes=off -c max_connections=200\"" >&2
+echo "postgresql+psycopg://postgres@127.0.0.1:$PORT/postgres"

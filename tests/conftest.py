@@ -1,0 +1,125 @@
+"""Shared fixtures: real SQLite, real PostgreSQL, a local bucket and a real S3 API server."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+from catalog_pipeline.core.bucket import LocalBucket, S3Bucket
+from catalog_pipeline.db.engine import make_engine, upgrade
+
+POSTGRES_URL = os.environ.get("CATALOG_TEST_POSTGRES_URL")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def _worker() -> str:
+    return os.environ.get("PYTEST_XDIST_WORKER", "main")
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_url() -> str:
+    if not POSTGRES_URL:
+        if IN_CI:
+            pytest.fail("CATALOG_TEST_POSTGRES_URL is not set: Postgres tests never skip in CI")
+        pytest.skip("set CATALOG_TEST_POSTGRES_URL (scripts/start-postgres.sh prints one)")
+    return POSTGRES_URL
+
+
+@pytest.fixture(scope="session")
+def postgres_database(postgres_admin_url: str) -> str:
+    """A database of this test worker's own, so parallel workers never collide."""
+    name = f"catalog_test_{_worker()}"
+    admin = make_engine(postgres_admin_url).execution_options(isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return make_url(postgres_admin_url).set(database=name).render_as_string(hide_password=False)
+
+
+def _fresh_postgres(url: str):
+    engine = make_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text("DROP SCHEMA public CASCADE"))
+        connection.execute(text("CREATE SCHEMA public"))
+    upgrade(engine)
+    return engine
+
+
+@pytest.fixture
+def postgres_engine(postgres_database: str):
+    engine = _fresh_postgres(postgres_database)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def sqlite_engine(tmp_path: Path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
+    upgrade(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def engine(request):
+    """Each test using this runs on both databases."""
+    if request.param == "postgres":
+        return request.getfixturevalue("postgres_engine")
+    return request.getfixturevalue("sqlite_engine")
+
+
+@pytest.fixture
+def local_bucket(tmp_path: Path) -> LocalBucket:
+    return LocalBucket(tmp_path / "bucket")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 API server in its own process on loopback; stopped by PID at the end."""
+    port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    else:
+        process.kill()
+        pytest.fail("moto server did not start")
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    yield endpoint
+    process.terminate()
+    process.wait(timeout=10)
+
+
+@pytest.fixture
+def s3_bucket(s3_server: str) -> S3Bucket:
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    bucket = S3Bucket(name, "scrapes/", endpoint_url=s3_server)
+    bucket.client.create_bucket(Bucket=name)
+    return bucket

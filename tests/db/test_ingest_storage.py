@@ -1,0 +1,129 @@
+"""Storage semantics on SQLite and Postgres: precedence, idempotency, invalid logs."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import pytest
+from sqlalchemy import func, select
+
+from catalog_pipeline.core.samples import sample_csv
+from catalog_pipeline.db.engine import current_revision, upgrade
+from catalog_pipeline.db.tables import catalog_items, invalid_item_logs, source_files
+from catalog_pipeline.ingest import finalize, ingest_chunk, ingest_object, plan_object
+from tests.helpers import dump
+
+HEADER = "sku,name,url,price\n"
+
+
+def _items(engine) -> dict[str, tuple]:
+    with engine.connect() as connection:
+        rows = connection.execute(
+            select(catalog_items.c.sku, catalog_items.c.name, catalog_items.c.object_key)
+        )
+        return {row.sku: (row.name, row.object_key) for row in rows}
+
+
+def test_migrations_reach_head_and_rerun_as_noop(engine):
+    assert current_revision(engine) is not None
+    before = current_revision(engine)
+    upgrade(engine)
+    assert current_revision(engine) == before
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(range(3))))
+def test_precedence_holds_whatever_order_chunks_finish(engine, local_bucket, order):
+    rows = "".join(f"S{i},first-{i},https://a.example/{i},1\n" for i in range(40))
+    rows += "".join(f"S{i},second-{i},https://a.example/{i},2\n" for i in range(0, 40, 2))
+    rows += "".join(f"S{i},third-{i},https://a.example/{i},3\n" for i in range(0, 40, 4))
+    local_bucket.put("shop_2026-01-01T00-00-00.csv", (HEADER + rows).encode())
+    planned = plan_object(local_bucket, engine, "shop_2026-01-01T00-00-00.csv", 1024)
+    assert len(planned.chunks) == 3
+    for index in order:
+        ingest_chunk(local_bucket, engine, planned, planned.chunks[index])
+    finalize(engine, planned)
+    items = _items(engine)
+    for i in range(40):
+        expected = "third" if i % 4 == 0 else "second" if i % 2 == 0 else "first"
+        assert items[f"S{i}"][0] == f"{expected}-{i}"
+
+
+def test_older_scrape_backfilled_later_never_overwrites_newer(engine, local_bucket):
+    new_key, old_key = "shop_2026-03-01T00-00-00.csv", "shop_2026-01-01T00-00-00.csv"
+    local_bucket.put(new_key, (HEADER + "A,new,https://a.example/a,1\n").encode())
+    local_bucket.put(
+        old_key, (HEADER + "A,old,https://a.example/a,1\nB,b,https://b.c/,1\n").encode()
+    )
+    ingest_object(local_bucket, engine, new_key, 1024)
+    ingest_object(local_bucket, engine, old_key, 1024)
+    assert _items(engine) == {"A": ("new", new_key), "B": ("b", old_key)}
+
+
+def test_new_version_of_a_key_wins_even_at_a_lower_offset(engine, local_bucket):
+    key = "shop_2026-01-01T00-00-00.csv"
+    local_bucket.put(
+        key, (HEADER + "X,x,https://x.example/,1\nA,v1,https://a.example/,1\n").encode()
+    )
+    ingest_object(local_bucket, engine, key, 1024)
+    local_bucket.put(key, (HEADER + "A,version-two,https://a.example/,1\n").encode())
+    ingest_object(local_bucket, engine, key, 1024)
+    assert _items(engine)["A"][0] == "version-two"
+    with engine.connect() as connection:
+        statuses = connection.execute(
+            select(source_files.c.status, source_files.c.superseded_by).order_by(source_files.c.id)
+        ).all()
+    assert [s.status for s in statuses] == ["superseded", "completed"]
+    assert statuses[0].superseded_by is not None
+
+
+def test_rerunning_a_chunk_and_a_file_changes_nothing(engine, local_bucket):
+    key = "shop_2026-02-01T00-00-00.csv"
+    local_bucket.put(key, sample_csv(300, seed=3, description_bytes=200))
+    planned = plan_object(local_bucket, engine, key, 4096)
+    for chunk in planned.chunks:
+        ingest_chunk(local_bucket, engine, planned, chunk)
+    finalize(engine, planned)
+    first = dump(engine)
+
+    ingest_chunk(local_bucket, engine, planned, planned.chunks[1])
+    finalize(engine, planned)
+    assert dump(engine) == first
+
+    ingest_object(local_bucket, engine, key, 4096)
+    assert dump(engine) == first
+
+
+def test_invalid_rows_are_logged_once_with_offsets_and_reasons(engine, local_bucket):
+    key = "shop_2026-02-01T00-00-00.csv"
+    body = (
+        HEADER
+        + "ok1,Fine,https://a.example/,1\n,no sku,javascript:x,abc\nok2,Fine,https://a.example/,2\n"
+    )
+    local_bucket.put(key, body.encode())
+    summary, reasons = ingest_object(local_bucket, engine, key, 1024)
+    ingest_object(local_bucket, engine, key, 1024)
+    with engine.connect() as connection:
+        logs = connection.execute(select(invalid_item_logs)).all()
+    assert len(logs) == 1
+    assert logs[0].byte_offset == body.encode().index(b",no sku")
+    assert json.loads(logs[0].reasons) == ["missing_sku", "url_bad_scheme", "bad_price"]
+    assert logs[0].raw == ",no sku,javascript:x,abc"
+    assert (summary.rows_total, summary.rows_valid, summary.rows_invalid) == (3, 2, 1)
+    assert summary.verified_row_count == 3 and summary.status == "completed"
+    assert reasons == {"missing_sku": 1, "url_bad_scheme": 1, "bad_price": 1}
+
+
+def test_file_missing_required_columns_is_rejected_and_writes_nothing(engine, local_bucket):
+    key = "shop_2026-02-01T00-00-00.csv"
+    local_bucket.put(key, b"sku,title\nA,thing\n")
+    summary, _ = ingest_object(local_bucket, engine, key, 1024)
+    assert summary.status == "rejected" and "url" in summary.rejected_reason
+    with engine.connect() as connection:
+        assert connection.execute(select(func.count()).select_from(catalog_items)).scalar() == 0
+
+
+def test_empty_object_is_rejected_with_a_reason(engine, local_bucket):
+    local_bucket.put("empty.csv", b"")
+    summary, _ = ingest_object(local_bucket, engine, "empty.csv", 1024)
+    assert summary.status == "rejected" and "empty" in summary.rejected_reason

@@ -1,0 +1,49 @@
+"""Test helpers shared by several test modules."""
+
+from __future__ import annotations
+
+from sqlalchemy import Engine, select
+
+from catalog_pipeline.db.tables import metadata
+
+# Bookkeeping that legitimately changes on a re-run (how often, by which run, when).
+VOLATILE = {
+    "source_files": {"updated_at", "verified_at", "run_id"},
+    "source_chunks": {"updated_at", "attempts", "run_id", "seconds"},
+}
+
+
+def dump(engine: Engine, exclude: dict[str, set[str]] | None = None) -> dict[str, list[tuple]]:
+    """Every row of every table, ordered, minus the excluded bookkeeping columns."""
+    exclude = VOLATILE if exclude is None else exclude
+    out = {}
+    with engine.connect() as connection:
+        for table in metadata.sorted_tables:
+            skip = exclude.get(table.name, set())
+            columns = [c for c in table.columns if c.name not in skip]
+            rows = connection.execute(select(*columns).order_by(*table.primary_key.columns))
+            out[table.name] = [tuple(row) for row in rows]
+    return out
+
+
+def content_dump(engine: Engine) -> dict[str, list[tuple]]:
+    """Catalog content that must match across databases and storage backends (no ids/times)."""
+    from sqlalchemy import text
+
+    queries = {
+        "items": "SELECT sku, name, brand, category, description, price, currency, url, "
+        "image_urls, availability, weight_grams, play_count, external_id, source, object_key, "
+        "source_offset, content_hash FROM catalog_items ORDER BY sku",
+        "invalid": "SELECT object_key, chunk_index, byte_offset, reasons, raw "
+        "FROM invalid_item_logs ORDER BY object_key, byte_offset",
+        "files": "SELECT object_key, status, rows_total, rows_valid, rows_invalid, "
+        "verified_row_count FROM source_files ORDER BY object_key, id",
+        "provenance": "SELECT i.sku, f.object_key, s.byte_offset FROM catalog_item_sources s "
+        "JOIN catalog_items i ON i.id = s.item_id JOIN source_files f ON f.id = s.source_file_id "
+        "ORDER BY i.sku, f.object_key",
+    }
+    with engine.connect() as connection:
+        return {
+            name: [tuple(row) for row in connection.execute(text(query))]
+            for name, query in queries.items()
+        }
