@@ -2,13 +2,14 @@
 # Start a throwaway PostgreSQL on 127.0.0.1 for the tests; prints the URL to use.
 # The Debian server refuses to run as root, so it runs as the `postgres` user.
 set -euo pipefail
-PORT="${CATALOG_PG_PORT:-54329}"
-if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+PORT="${CATALOG_PG_PORT:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}"
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && [ "${CATALOG_PG_INSTALL:-0}" = 1 ]; then
     echo "installing PostgreSQL (Debian package)..." >&2
     apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >&2
 fi
 PGBIN="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)"
 DATA="$(mktemp -d /tmp/catalog-pg.XXXXXX)"
+echo "$DATA" >> /tmp/catalog-pg.started
 chown postgres:postgres "$DATA"
 run_as_postgres() { if [ "$(id -u)" = 0 ]; then su postgres -s /bin/bash -c "$*"; else bash -c "$*"; fi; }
 run_as_postgres "'$PGBIN/initdb' -D '$DATA' -A trust -U postgres -E UTF8 >/dev/null"

@@ -17,8 +17,35 @@ from sqlalchemy.engine import make_url
 from catalog_pipeline.core.bucket import LocalBucket, S3Bucket
 from catalog_pipeline.db.engine import make_engine, upgrade
 
-POSTGRES_URL = os.environ.get("CATALOG_TEST_POSTGRES_URL")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+REPO = Path(__file__).resolve().parents[1]
+_STARTED_POSTGRES: dict[str, str] = {}
+
+
+def pytest_configure(config) -> None:
+    """Start a throwaway PostgreSQL when none is given and the Debian server is installed.
+
+    Runs once, in the controlling process; xdist workers inherit the URL.
+    """
+    if os.environ.get("PYTEST_XDIST_WORKER") or os.environ.get("CATALOG_TEST_POSTGRES_URL"):
+        return
+    if not list(Path("/usr/lib/postgresql").glob("*/bin/initdb")) and not IN_CI:
+        return
+    result = subprocess.run(
+        [str(REPO / "scripts" / "start-postgres.sh")], capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        if IN_CI:
+            raise pytest.UsageError(f"could not start PostgreSQL: {result.stderr}")
+        return
+    url = result.stdout.strip().splitlines()[-1]
+    os.environ["CATALOG_TEST_POSTGRES_URL"] = url
+    _STARTED_POSTGRES["url"] = url
+
+
+def pytest_unconfigure(config) -> None:
+    if _STARTED_POSTGRES and not os.environ.get("PYTEST_XDIST_WORKER"):
+        subprocess.run([str(REPO / "scripts" / "stop-postgres.sh")], capture_output=True)
 
 
 def _worker() -> str:
@@ -27,11 +54,12 @@ def _worker() -> str:
 
 @pytest.fixture(scope="session")
 def postgres_admin_url() -> str:
-    if not POSTGRES_URL:
+    url = os.environ.get("CATALOG_TEST_POSTGRES_URL")
+    if not url:
         if IN_CI:
             pytest.fail("CATALOG_TEST_POSTGRES_URL is not set: Postgres tests never skip in CI")
-        pytest.skip("set CATALOG_TEST_POSTGRES_URL (scripts/start-postgres.sh prints one)")
-    return POSTGRES_URL
+        pytest.skip("no PostgreSQL: install the server or set CATALOG_TEST_POSTGRES_URL")
+    return url
 
 
 @pytest.fixture(scope="session")

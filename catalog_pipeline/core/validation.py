@@ -112,7 +112,7 @@ _URL_NON_ASCII_HOST = ("url_non_ascii_host",)
 _URL_PRIVATE_HOST = ("url_private_host",)
 _NO_REASONS: tuple[str, ...] = ()
 
-# re.ASCII everywhere: \d must not match other scripts' digits.
+# re.ASCII wherever \d appears: it must not match other scripts' digits (١٢٣).
 _HEADER_JUNK = re.compile(r"[^a-z0-9]+")
 _SKU = re.compile(r"[A-Za-z0-9_./-]+")
 _NUMBER = r"(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?"

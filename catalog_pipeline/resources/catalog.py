@@ -1,0 +1,74 @@
+"""Resources: the bucket of scraper CSVs and the catalog database."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import dagster as dg
+from sqlalchemy import Engine
+
+from catalog_pipeline.core.bucket import DEFAULT_BUCKET_URL, Bucket, S3Bucket, open_bucket
+from catalog_pipeline.core.chunking import DEFAULT_CHUNK_BYTES
+from catalog_pipeline.db.engine import make_engine, upgrade
+from catalog_pipeline.settings import BUCKET_URL, CHUNK_BYTES, DATABASE_URL, S3_ENDPOINT_URL
+
+_ENGINES: dict[str, Engine] = {}
+_ENGINES_LOCK = threading.Lock()
+
+
+class BucketResource(dg.ConfigurableResource):
+    """The object store the scrapers write to: `file://FOLDER` or `s3://BUCKET/PREFIX` (R2)."""
+
+    url: str = DEFAULT_BUCKET_URL
+    endpoint_url: str | None = None
+
+    def open(self) -> Bucket:
+        if self.url.startswith("s3://"):
+            from dagster_aws.s3 import S3Resource
+
+            client = S3Resource(endpoint_url=self.endpoint_url).get_client()
+            bucket = open_bucket(self.url, client=client)
+            assert isinstance(bucket, S3Bucket)
+            return bucket
+        return open_bucket(self.url)
+
+
+class CatalogDatabase(dg.ConfigurableResource):
+    """The catalog database; migrations are applied on first use in each process."""
+
+    url: str | None = None
+
+    def engine(self) -> Engine:
+        key = self.url or ""
+        with _ENGINES_LOCK:
+            engine = _ENGINES.get(key)
+            if engine is None:
+                engine = make_engine(self.url)
+                upgrade(engine)
+                _ENGINES[key] = engine
+            return engine
+
+
+class IngestSettings(dg.ConfigurableResource):
+    """How objects are split: the target chunk size in bytes."""
+
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
+
+
+def _env_or(name: str, default, kind=dg.EnvVar):
+    """An `EnvVar` when the variable is set (so its value is never shown), else the default."""
+    return kind(name) if os.environ.get(name) else default
+
+
+def default_resources() -> dict[str, dg.ConfigurableResource]:
+    return {
+        "bucket": BucketResource(
+            url=_env_or(BUCKET_URL, DEFAULT_BUCKET_URL),
+            endpoint_url=_env_or(S3_ENDPOINT_URL, None),
+        ),
+        "catalog_db": CatalogDatabase(url=_env_or(DATABASE_URL, None)),
+        "ingest_settings": IngestSettings(
+            chunk_bytes=_env_or(CHUNK_BYTES, DEFAULT_CHUNK_BYTES, dg.EnvVar.int)
+        ),
+    }
