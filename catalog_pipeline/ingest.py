@@ -46,6 +46,10 @@ class ChunkReport:
     reasons: dict[str, int]
     seconds: float
 
+    @classmethod
+    def empty(cls) -> ChunkReport:
+        return cls(-1, 0, 0, 0, 0, 0, {}, 0.0)
+
 
 def source_object(info: ObjectInfo) -> db.SourceObject:
     name = parse_object_key(info.key, info.last_modified)

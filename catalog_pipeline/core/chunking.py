@@ -211,3 +211,25 @@ def _parse_header(raw: bytes, start: int) -> tuple[str, ...]:
     except csv.Error as error:
         raise HeaderError(f"the header is not valid CSV: {error}") from None
     return tuple(rows[0]) if rows else ()
+
+
+def header_from_prefix(prefix: bytes, size: int) -> tuple[str, ...] | None:
+    """The header, read from the object's first bytes (a cheap check before planning).
+
+    Returns None when `prefix` ends before the header line does; raises `HeaderError`
+    for an empty object or a header that cannot be read.
+    """
+    if size == 0:
+        raise HeaderError("the object is empty (0 bytes): there is no header")
+    start = len(UTF8_BOM) if prefix.startswith(UTF8_BOM) else 0
+    scanner = RecordScanner()
+    ends = scanner.feed(memoryview(prefix)[start:], start)
+    if len(ends):
+        return _parse_header(prefix[start : int(ends[0])], start)
+    if len(prefix) < size:
+        if len(prefix) > MAX_HEADER_BYTES:
+            raise HeaderError(f"no header line end within the first {MAX_HEADER_BYTES} bytes")
+        return None
+    if scanner.inside_quotes:
+        raise HeaderError("the header has an unclosed quote that runs to the end of the file")
+    return _parse_header(prefix[start:], start)

@@ -449,3 +449,64 @@ def load_summary(
         chunks_total=chunks_total,
         chunks_completed=chunks_completed or 0,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkResult:
+    chunk_index: int
+    byte_start: int
+    byte_end: int
+    status: str
+    rows: int
+    valid: int
+    invalid: int
+    attempts: int
+    seconds: float | None
+    error: str | None
+
+
+def load_chunk_results(engine: Engine, source_file_id: int) -> list[ChunkResult]:
+    """The stored plan and result of every chunk of one object version, in order."""
+    columns = [getattr(source_chunks.c, name) for name in ChunkResult.__slots__]
+    with engine.connect() as connection:
+        rows = connection.execute(
+            select(*columns)
+            .where(source_chunks.c.source_file_id == source_file_id)
+            .order_by(source_chunks.c.chunk_index)
+        ).all()
+    return [
+        ChunkResult(
+            **{**row._asdict(), **{k: row._mapping[k] or 0 for k in ("rows", "valid", "invalid")}}
+        )
+        for row in rows
+    ]
+
+
+def known_versions(engine: Engine, object_keys: Sequence[str]) -> set[tuple[str, str]]:
+    """The (object_key, etag) pairs of `object_keys` already recorded in `source_files`."""
+    found: set[tuple[str, str]] = set()
+    keys = list(dict.fromkeys(object_keys))
+    with engine.connect() as connection:
+        for start in range(0, len(keys), 500):
+            batch = keys[start : start + 500]
+            found.update(
+                (row.object_key, row.etag)
+                for row in connection.execute(
+                    select(source_files.c.object_key, source_files.c.etag).where(
+                        source_files.c.object_key.in_(batch)
+                    )
+                )
+            )
+    return found
+
+
+def latest_summary(engine: Engine, object_key: str, etag: str | None = None) -> FileSummary | None:
+    """The summary of `object_key` at `etag` (default: its newest recorded version)."""
+    query = select(source_files.c.id).where(source_files.c.object_key == object_key)
+    if etag is not None:
+        query = query.where(source_files.c.etag == etag)
+    with engine.connect() as connection:
+        file_id = connection.execute(
+            query.order_by(source_files.c.id.desc()).limit(1)
+        ).scalar_one_or_none()
+        return None if file_id is None else load_summary(connection, file_id)

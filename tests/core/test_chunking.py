@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from catalog_pipeline.core.chunking import UTF8_BOM, plan_chunks
+from catalog_pipeline.core.chunking import UTF8_BOM, header_from_prefix, plan_chunks
 from catalog_pipeline.core.errors import HeaderError
 from catalog_pipeline.core.reader import ENCODING_ERROR, MALFORMED_ROW, read_chunk
 
@@ -179,3 +179,33 @@ def test_lone_carriage_return_outside_quotes_is_one_malformed_record():
     plan, records = _read_all(data, 1024, [64])
     assert plan.record_count == 2
     assert records[0].error == MALFORMED_ROW and records[1].fields == ["d", "e"]
+
+
+@pytest.mark.parametrize(
+    ("data", "size", "expected"),
+    [
+        (b"sku,name,url\r\n1,a,b\n", None, ("sku", "name", "url")),
+        (b'\xef\xbb\xbfsku,"na\nme",url\n1', None, ("sku", "na\nme", "url")),
+        (b"sku,name,url", None, ("sku", "name", "url")),
+        (b"sku,name,u", 100, None),
+    ],
+)
+def test_header_from_prefix_reads_the_same_header_as_the_planner(data, size, expected):
+    header = header_from_prefix(data, size or len(data))
+    assert header == expected
+    if size is None:
+        assert plan_chunks([data], len(data), 1024).header == expected
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "empty"),
+        (b"\xff\xfesku,name\n", "not valid UTF-8 at byte 0"),
+        (b'sku,"name,url\n1,2,3', "unclosed quote"),
+        (b"\n1,2,3\n", "header line is empty"),
+    ],
+)
+def test_header_from_prefix_rejects_unreadable_headers(data, message):
+    with pytest.raises(HeaderError, match=message):
+        header_from_prefix(data, len(data))

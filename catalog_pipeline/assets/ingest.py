@@ -1,0 +1,288 @@
+"""The chunked ingest of one scraper CSV: `plan_chunks` → `process_chunk` (one step per
+chunk) → `finalize`, producing `catalog_items` and `invalid_item_logs` for a partition."""
+
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+import dagster as dg
+
+from catalog_pipeline import ingest
+from catalog_pipeline.assets.partitions import object_key_for, source_csvs
+from catalog_pipeline.core.chunking import ByteRange
+from catalog_pipeline.core.errors import ChunkError, ObjectChangedError
+from catalog_pipeline.db.ingest import ChunkResult, FileSummary, load_chunk_results
+from catalog_pipeline.resources.catalog import BucketResource, CatalogDatabase, IngestSettings
+
+CATALOG_ITEMS = dg.AssetKey("catalog_items")
+INVALID_ITEM_LOGS = dg.AssetKey("invalid_item_logs")
+ROWS_RECONCILE = "rows_reconcile"
+FILE_ACCEPTED = "file_accepted"
+TOP_REASONS = 10
+
+chunk_retry_policy = dg.RetryPolicy(
+    max_retries=3, delay=0.5, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkTask:
+    """What one `process_chunk` step needs: the stored plan and its byte range."""
+
+    planned: ingest.PlannedFile
+    chunk: ByteRange | None  # None: the file has no chunks (rejected or header-only)
+
+
+@dataclass(frozen=True, slots=True)
+class PlanResult:
+    planned: ingest.PlannedFile
+    started_at: float
+
+
+@dg.op(
+    out={"plan": dg.Out(PlanResult), "chunks": dg.DynamicOut(ChunkTask)},
+    pool="catalog_db",
+)
+def plan_chunks(
+    context: dg.OpExecutionContext,
+    bucket: BucketResource,
+    catalog_db: CatalogDatabase,
+    ingest_settings: IngestSettings,
+):
+    """HEAD the object, find record-aligned chunk boundaries in one read, store the plan."""
+    started_at = time.time()
+    key = object_key_for(context.partition_key)
+    planned = ingest.plan_object(
+        bucket.open(), catalog_db.engine(), key, ingest_settings.chunk_bytes, context.run_id
+    )
+    if planned.rejected_reason:
+        context.log.warning(f"{key}: rejected: {planned.rejected_reason}")
+    else:
+        context.log.info(
+            f"{key} (ETag {planned.info.etag}, {planned.info.size:,} bytes): "
+            f"{len(planned.chunks)} chunks, {planned.record_count:,} records"
+        )
+    yield dg.Output(PlanResult(planned, started_at), "plan")
+    if not planned.chunks:
+        # Dagster skips a fan-in step whose dynamic output is empty; one no-op step keeps
+        # `finalize` (and the asset's materialization with its metadata) running.
+        yield dg.DynamicOutput(
+            ChunkTask(planned, None), mapping_key="no_chunks", output_name="chunks"
+        )
+    for chunk in planned.chunks:
+        yield dg.DynamicOutput(
+            ChunkTask(planned, chunk), mapping_key=chunk_name(chunk), output_name="chunks"
+        )
+
+
+def chunk_name(chunk: ByteRange) -> str:
+    return f"chunk_{chunk.index:05d}"
+
+
+@dg.op(retry_policy=chunk_retry_policy, pool="catalog_db")
+def process_chunk(
+    context: dg.OpExecutionContext,
+    task: ChunkTask,
+    bucket: BucketResource,
+    catalog_db: CatalogDatabase,
+) -> ingest.ChunkReport:
+    """Read one planned byte range (pinned to the planned ETag), validate it, upsert it."""
+    if task.chunk is None:
+        return ingest.ChunkReport.empty()
+    try:
+        report = ingest.ingest_chunk(
+            bucket.open(), catalog_db.engine(), task.planned, task.chunk, context.run_id
+        )
+    except ObjectChangedError as error:
+        # Retrying cannot help: the bytes we planned are gone. The next run plans anew.
+        raise dg.Failure(
+            description=str(error),
+            metadata={"object_key": error.object_key, "planned_etag": error.planned_etag},
+            allow_retries=False,
+        ) from error
+    except ChunkError as error:
+        raise dg.Failure(
+            description=str(error),
+            metadata={
+                "object_key": error.object_key,
+                "chunk": error.chunk_index,
+                "byte_offset": error.byte_offset,
+                "reason": error.reason,
+                "attempt": context.retry_number + 1,
+            },
+        ) from error
+    context.log.info(
+        f"chunk {report.chunk_index} [{report.byte_start:,}, {report.byte_end:,}): "
+        f"{report.rows:,} rows, {report.invalid:,} invalid, {report.seconds:.2f}s"
+    )
+    return report
+
+
+@dg.op(
+    out={
+        "catalog_items": dg.Out(dg.Nothing),
+        "invalid_item_logs": dg.Out(dg.Nothing),
+        "catalog_items_rows_reconcile": dg.Out(dg.Nothing, is_required=False),
+        "catalog_items_file_accepted": dg.Out(dg.Nothing, is_required=False),
+    },
+    pool="catalog_db",
+)
+def finalize(
+    context: dg.OpExecutionContext,
+    plan: PlanResult,
+    reports: list[ingest.ChunkReport],
+    catalog_db: CatalogDatabase,
+):
+    """Sum the stored chunk results, reconcile them with the planner's record count."""
+    engine = catalog_db.engine()
+    summary = ingest.finalize(engine, plan.planned)
+    chunks = load_chunk_results(engine, summary.source_file_id)
+    reasons: Counter = Counter()
+    for report in reports:
+        reasons.update(report.reasons)
+    seconds = time.time() - plan.started_at
+    yield dg.Output(
+        None, "catalog_items", metadata=items_metadata(plan.planned, summary, chunks, seconds)
+    )
+    yield dg.Output(None, "invalid_item_logs", metadata=invalid_metadata(summary, reasons))
+    yield reconcile_check(summary)
+    yield dg.AssetCheckResult(
+        asset_key=CATALOG_ITEMS,
+        check_name=FILE_ACCEPTED,
+        passed=summary.rejected_reason is None,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"rejected_reason": summary.rejected_reason or ""},
+    )
+
+
+def reconcile_check(summary: FileSummary) -> dg.AssetCheckResult:
+    expected = summary.verified_row_count or 0
+    counted = summary.rows_valid + summary.rows_invalid
+    return dg.AssetCheckResult(
+        asset_key=CATALOG_ITEMS,
+        check_name=ROWS_RECONCILE,
+        passed=expected == counted,
+        metadata={
+            "verified_row_count": expected,
+            "rows_valid": summary.rows_valid,
+            "rows_invalid": summary.rows_invalid,
+            "difference": counted - expected,
+        },
+    )
+
+
+def items_metadata(
+    planned: ingest.PlannedFile, summary: FileSummary, chunks: list[ChunkResult], seconds: float
+) -> dict:
+    metadata = {
+        "dagster/row_count": dg.MetadataValue.int(summary.rows_valid),
+        "object_key": summary.object_key,
+        "etag": summary.etag,
+        "status": summary.status,
+        "rows": summary.rows_total,
+        "valid": summary.rows_valid,
+        "invalid": summary.rows_invalid,
+        "verified_row_count": summary.verified_row_count or 0,
+        "bytes": planned.info.size,
+        "chunks": summary.chunks_total,
+        "seconds": dg.MetadataValue.float(round(seconds, 3)),
+        "rows_per_second": dg.MetadataValue.float(
+            round(summary.rows_total / seconds, 1) if seconds > 0 else 0.0
+        ),
+        "source_file_id": summary.source_file_id,
+    }
+    if summary.rejected_reason:
+        metadata["rejected_reason"] = summary.rejected_reason
+    if chunks:
+        metadata["chunk_results"] = chunk_table(chunks)
+    return metadata
+
+
+def chunk_table(chunks: list[ChunkResult]) -> dg.TableMetadataValue:
+    schema = dg.TableSchema(
+        columns=[
+            dg.TableColumn("chunk", "int"),
+            dg.TableColumn("byte_start", "int"),
+            dg.TableColumn("byte_end", "int"),
+            dg.TableColumn("status", "string"),
+            dg.TableColumn("rows", "int"),
+            dg.TableColumn("valid", "int"),
+            dg.TableColumn("invalid", "int"),
+            dg.TableColumn("attempts", "int"),
+            dg.TableColumn("seconds", "float"),
+        ]
+    )
+    records = [
+        dg.TableRecord(
+            {
+                "chunk": chunk.chunk_index,
+                "byte_start": chunk.byte_start,
+                "byte_end": chunk.byte_end,
+                "status": chunk.status,
+                "rows": chunk.rows,
+                "valid": chunk.valid,
+                "invalid": chunk.invalid,
+                "attempts": chunk.attempts,
+                "seconds": round(chunk.seconds or 0.0, 3),
+            }
+        )
+        for chunk in chunks
+    ]
+    return dg.MetadataValue.table(records, schema=schema)
+
+
+def invalid_metadata(summary: FileSummary, reasons: Counter) -> dict:
+    top = reasons.most_common(TOP_REASONS)
+    table = "\n".join(f"| `{reason}` | {count:,} |" for reason, count in top)
+    return {
+        "dagster/row_count": dg.MetadataValue.int(summary.rows_invalid),
+        "invalid": summary.rows_invalid,
+        "invalid_rate": dg.MetadataValue.float(
+            round(summary.rows_invalid / summary.rows_total, 4) if summary.rows_total else 0.0
+        ),
+        "top_reasons": dg.MetadataValue.md(
+            "| reason | rows |\n|---|---|\n" + table if top else "no invalid rows"
+        ),
+        "reasons": dg.MetadataValue.json(dict(top)),
+    }
+
+
+@dg.graph_multi_asset(
+    outs={
+        "catalog_items": dg.AssetOut(
+            description="Catalog items upserted from each scraper CSV (one row per SKU; "
+            "newer scrapes win, whatever order chunks and backfills finish in).",
+            dagster_type=dg.Nothing,
+        ),
+        "invalid_item_logs": dg.AssetOut(
+            description="Rows that failed validation, with every reason, the byte offset "
+            "and the first 4 KiB of the raw record.",
+            dagster_type=dg.Nothing,
+        ),
+    },
+    partitions_def=source_csvs,
+    check_specs=[
+        dg.AssetCheckSpec(
+            ROWS_RECONCILE,
+            asset=CATALOG_ITEMS,
+            description="The planner's independent record count equals valid + invalid rows.",
+        ),
+        dg.AssetCheckSpec(
+            FILE_ACCEPTED,
+            asset=CATALOG_ITEMS,
+            description="The file could be read at all (not empty, readable header, "
+            "required columns present). Warns with the rejection reason.",
+        ),
+    ],
+    group_name="ingest",
+)
+def catalog_ingest():
+    plan, chunks = plan_chunks()
+    reports = chunks.map(process_chunk)
+    items, invalid_logs, reconciled, accepted = finalize(plan, reports.collect())
+    return {
+        "catalog_items": items,
+        "invalid_item_logs": invalid_logs,
+        "catalog_items_rows_reconcile": reconciled,
+        "catalog_items_file_accepted": accepted,
+    }

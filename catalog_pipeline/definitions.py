@@ -1,0 +1,23 @@
+"""The one `Definitions` object of the code location; it only assembles."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from catalog_pipeline.assets.ingest import catalog_ingest
+from catalog_pipeline.jobs import catalog_ingest_job
+from catalog_pipeline.resources.catalog import default_resources
+from catalog_pipeline.sensors.objects import new_csv_objects_sensor
+
+
+def build_definitions() -> dg.Definitions:
+    return dg.Definitions(
+        assets=[catalog_ingest],
+        jobs=[catalog_ingest_job],
+        sensors=[new_csv_objects_sensor],
+        resources=default_resources(),
+        executor=dg.multi_or_in_process_executor,
+    )
+
+
+defs = build_definitions()

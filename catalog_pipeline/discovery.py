@@ -1,0 +1,125 @@
+"""Find object versions the catalog has not seen, a bounded slice of the bucket at a time.
+
+The bucket is swept in key order, `scan_limit` objects per call, resuming after the
+last key scanned; when a sweep reaches the end it starts again from the beginning. So
+a new object is found within one sweep whatever its key's sort order, a re-upload (new
+ETag) is found like a new object, and one call never lists more than `scan_limit`
+objects or acts on more than `request_limit` new versions.
+
+Empty objects and objects whose header cannot be read or lacks required columns are
+recorded as rejected here, cheaply (a HEAD-sized ranged read), and never requested.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sqlalchemy import Engine
+
+from catalog_pipeline import ingest
+from catalog_pipeline.core.bucket import Bucket, ObjectInfo
+from catalog_pipeline.core.chunking import header_from_prefix
+from catalog_pipeline.core.errors import CatalogError, HeaderError
+from catalog_pipeline.core.naming import is_csv_key
+from catalog_pipeline.core.validation import MissingColumnsError, map_header
+from catalog_pipeline.db import ingest as db
+
+SCAN_LIMIT = 1000
+REQUEST_LIMIT = 100
+HEADER_PROBE_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    info: ObjectInfo
+    reason: str
+
+
+@dataclass(slots=True)
+class Discovery:
+    """What one bounded scan found, and where the next one resumes ('' = a new sweep)."""
+
+    new: list[ObjectInfo] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (key, error) to retry later
+    scanned: int = 0
+    next_after: str = ""
+
+
+def discover(
+    bucket: Bucket,
+    engine: Engine,
+    after: str,
+    is_requested: Callable[[ObjectInfo], bool],
+    scan_limit: int = SCAN_LIMIT,
+    request_limit: int = REQUEST_LIMIT,
+) -> Discovery:
+    """Scan up to `scan_limit` objects after key `after` for versions not yet ingested.
+
+    A version counts as seen when `source_files` has it and `is_requested(info)` agrees
+    (the Dagster layer passes "its partition exists"), so a fresh Dagster instance
+    re-requests what an older one ingested; the re-ingest is a no-op on the catalog.
+    """
+    result = Discovery()
+    page: list[ObjectInfo] = []
+    exhausted = True
+    for info in bucket.list_objects(start_after=after or None):
+        result.scanned += 1
+        if is_csv_key(info.key):
+            page.append(info)
+        if result.scanned >= scan_limit:
+            exhausted = False
+            break
+    known = db.known_versions(engine, [info.key for info in page])
+    last_key = page[-1].key if page else after
+    for info in page:
+        if (info.key, info.etag) in known and is_requested(info):
+            continue
+        if len(result.new) + len(result.rejected) >= request_limit:
+            exhausted = False
+            last_key = _key_before(page, info)
+            break
+        _classify(bucket, engine, info, known, result)
+    if exhausted:
+        result.next_after = ""
+    else:
+        result.next_after = last_key or after
+    return result
+
+
+def _key_before(page: list[ObjectInfo], info: ObjectInfo) -> str:
+    index = page.index(info)
+    return page[index - 1].key if index else ""
+
+
+def _classify(
+    bucket: Bucket, engine: Engine, info: ObjectInfo, known: set, result: Discovery
+) -> None:
+    try:
+        reason = rejection_reason(bucket, info)
+    except CatalogError as error:  # e.g. overwritten while we looked: next sweep sees it
+        result.skipped.append((info.key, str(error)))
+        return
+    if reason is None:
+        result.new.append(info)
+        return
+    if (info.key, info.etag) not in known:
+        db.record_rejection(engine, ingest.source_object(info), reason, None)
+    result.rejected.append(Rejection(info, reason))
+
+
+def rejection_reason(bucket: Bucket, info: ObjectInfo) -> str | None:
+    """Why the object cannot be ingested at all, from its first bytes; None if it can."""
+    try:
+        prefix = (
+            b""
+            if info.size == 0
+            else bucket.read_range(info, 0, min(info.size, HEADER_PROBE_BYTES))
+        )
+        header = header_from_prefix(prefix, info.size)
+        if header is not None:
+            map_header(header)
+    except (HeaderError, MissingColumnsError) as error:
+        return str(error)
+    return None

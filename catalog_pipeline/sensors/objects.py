@@ -1,0 +1,100 @@
+"""`new_csv_objects_sensor`: new objects and re-uploads in the bucket become partition runs."""
+
+import dagster as dg
+
+from catalog_pipeline import discovery
+from catalog_pipeline.assets.ingest import CATALOG_ITEMS
+from catalog_pipeline.assets.partitions import partition_key_for, source_csvs
+from catalog_pipeline.jobs import catalog_ingest_job, executor_run_config
+from catalog_pipeline.resources.catalog import BucketResource, CatalogDatabase, IngestSettings
+
+OBJECT_KEY_TAG = "catalog/object_key"
+ETAG_TAG = "catalog/etag"
+
+
+def run_key(partition_key: str, etag: str) -> str:
+    """One run per object version: the same key with a new ETag is a new run."""
+    return f"{partition_key}@{etag}"
+
+
+def build_new_csv_objects_sensor(
+    name: str = "new_csv_objects_sensor",
+    scan_limit: int = discovery.SCAN_LIMIT,
+    request_limit: int = discovery.REQUEST_LIMIT,
+    minimum_interval_seconds: int = 30,
+) -> dg.SensorDefinition:
+    @dg.sensor(
+        name=name,
+        job=catalog_ingest_job,
+        minimum_interval_seconds=minimum_interval_seconds,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Finds new CSV objects and re-uploads (new ETag) in the bucket, "
+        f"{scan_limit} objects per tick, adds their `source_csvs` partitions and requests "
+        "one ingest run per object version. Empty or unreadable files are recorded as "
+        "rejected, with the reason, and not run.",
+    )
+    def _sensor(
+        context: dg.SensorEvaluationContext,
+        bucket: BucketResource,
+        catalog_db: CatalogDatabase,
+        ingest_settings: IngestSettings,
+    ) -> dg.SensorResult:
+        partitions = set(context.instance.get_dynamic_partitions(source_csvs.name))
+        found = discovery.discover(
+            bucket.open(),
+            catalog_db.engine(),
+            context.cursor or "",
+            lambda info: partition_key_for(info.key) in partitions,
+            scan_limit=scan_limit,
+            request_limit=request_limit,
+        )
+        requests = []
+        for info in found.new:
+            key = partition_key_for(info.key)
+            requests.append(
+                dg.RunRequest(
+                    run_key=run_key(key, info.etag),
+                    partition_key=key,
+                    run_config=executor_run_config(info.size, ingest_settings.chunk_bytes),
+                    tags={OBJECT_KEY_TAG: info.key, ETAG_TAG: info.etag},
+                )
+            )
+        observations = []
+        for rejection in found.rejected:
+            context.log.warning(f"{rejection.info.key}: rejected: {rejection.reason}")
+            observations.append(
+                dg.AssetObservation(
+                    asset_key=CATALOG_ITEMS,
+                    partition=partition_key_for(rejection.info.key),
+                    metadata={
+                        "status": "rejected",
+                        "rejected_reason": rejection.reason,
+                        "object_key": rejection.info.key,
+                        "etag": rejection.info.etag,
+                        "bytes": rejection.info.size,
+                    },
+                )
+            )
+        for key, error in found.skipped:
+            context.log.warning(f"{key}: skipped this tick: {error}")
+        new_partitions = sorted(
+            {partition_key_for(i.key) for i in [*found.new, *(r.info for r in found.rejected)]}
+            - partitions
+        )
+        context.log.info(
+            f"scanned {found.scanned} objects after {context.cursor or '(start)'!r}: "
+            f"{len(requests)} to ingest, {len(observations)} rejected"
+        )
+        return dg.SensorResult(
+            run_requests=requests,
+            cursor=found.next_after,
+            dynamic_partitions_requests=(
+                [source_csvs.build_add_request(new_partitions)] if new_partitions else []
+            ),
+            asset_events=observations,
+        )
+
+    return _sensor
+
+
+new_csv_objects_sensor = build_new_csv_objects_sensor()
