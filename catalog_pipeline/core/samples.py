@@ -156,3 +156,19 @@ def write_sample_csv(path, count: int, seed: int = 7, batch: int = 10_000, **opt
         while chunk := [row for _, row in zip(range(batch), rows, strict=False)]:
             writer.writerows(chunk)
         return handle.tell()
+
+
+def demo_objects(large_rows: int = 40_000) -> list[tuple[str, bytes]]:
+    """The demo's scrapes: several sources, two scrapes of one source (the newer wins), a
+    large file with quoted newlines, a file missing a required column, and a non-CSV."""
+    return [
+        ("acme-outdoor_2026-11-01T06-00-00.csv", sample_csv(2_000, seed=1, sku_prefix="ACME")),
+        ("acme-outdoor_2026-11-08T06-00-00.csv", sample_csv(2_000, seed=2, sku_prefix="ACME")),
+        (
+            "northwind-media/northwind_2026-11-15T06-00-00.csv",
+            sample_csv(1_500, seed=3, sku_prefix="NW"),
+        ),
+        ("bigbox_2026-11-20T06-00-00.csv", sample_csv(large_rows, seed=4, sku_prefix="BB")),
+        ("legacy-export_2026-11-21T06-00-00.csv", b"sku,title,price\nL-1,Old thing,3.50\n"),
+        ("README.txt", b"Scraper drop folder: one CSV per scrape.\n"),
+    ]
