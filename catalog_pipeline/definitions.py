@@ -10,12 +10,13 @@ from catalog_pipeline.resources.catalog import default_resources
 from catalog_pipeline.sensors.objects import new_csv_objects_sensor
 
 
-def build_definitions() -> dg.Definitions:
+def build_definitions(resources: dict | None = None) -> dg.Definitions:
+    """Everything in the code location; `resources` replace the environment's defaults."""
     return dg.Definitions(
         assets=[catalog_ingest],
         jobs=[catalog_ingest_job],
         sensors=[new_csv_objects_sensor],
-        resources=default_resources(),
+        resources={**default_resources(), **(resources or {})},
         executor=dg.multi_or_in_process_executor,
     )
 

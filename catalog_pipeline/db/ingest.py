@@ -361,8 +361,14 @@ def _upsert_items(
             literal(now, UtcDateTime),
         ).where(catalog_items.c.sku == stage.c.sku),
     )
+    # A SKU twice in one file: provenance points at its last record (the one precedence
+    # keeps), whichever chunk happens to finish first.
     connection.execute(
-        provenance.on_conflict_do_nothing(index_elements=["item_id", "source_file_id"])
+        provenance.on_conflict_do_update(
+            index_elements=["item_id", "source_file_id"],
+            set_={"byte_offset": provenance.excluded.byte_offset},
+            where=provenance.excluded.byte_offset > catalog_item_sources.c.byte_offset,
+        )
     )
     if connection.dialect.name == "sqlite":
         stage.drop(connection)

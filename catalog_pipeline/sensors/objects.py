@@ -1,5 +1,7 @@
 """`new_csv_objects_sensor`: new objects and re-uploads in the bucket become partition runs."""
 
+import os
+
 import dagster as dg
 
 from catalog_pipeline import discovery
@@ -10,6 +12,7 @@ from catalog_pipeline.resources.catalog import BucketResource, CatalogDatabase, 
 
 OBJECT_KEY_TAG = "catalog/object_key"
 ETAG_TAG = "catalog/etag"
+INTERVAL_SETTING = "CATALOG_SENSOR_INTERVAL_SECONDS"
 
 
 def run_key(partition_key: str, etag: str) -> str:
@@ -21,8 +24,11 @@ def build_new_csv_objects_sensor(
     name: str = "new_csv_objects_sensor",
     scan_limit: int = discovery.SCAN_LIMIT,
     request_limit: int = discovery.REQUEST_LIMIT,
-    minimum_interval_seconds: int = 30,
+    minimum_interval_seconds: int | None = None,
 ) -> dg.SensorDefinition:
+    if minimum_interval_seconds is None:
+        minimum_interval_seconds = int(os.environ.get(INTERVAL_SETTING) or 30)
+
     @dg.sensor(
         name=name,
         job=catalog_ingest_job,

@@ -1,0 +1,74 @@
+"""Job factories the Dagster tests run, importable by module name (re-execution needs it).
+
+The only stand-in here is for the object store's failures: `FaultyBucketResource` wraps a
+real bucket and, for reads of one byte range, fails a number of times or overwrites the
+object just before reading it. Everything else is the real code location.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import dagster as dg
+
+from catalog_pipeline.core.bucket import Bucket, ObjectInfo
+from catalog_pipeline.definitions import build_definitions
+from catalog_pipeline.jobs import INGEST_JOB
+from catalog_pipeline.resources.catalog import BucketResource, CatalogDatabase, IngestSettings
+
+FAULT_SETTING = "CATALOG_TEST_FAULT"  # JSON: {"start": N, "failures": N, "markers": DIR}
+
+
+class _FaultyBucket:
+    def __init__(self, inner: Bucket, fault: dict) -> None:
+        self.inner = inner
+        self.url = inner.url
+        self.fault = fault
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def read_range(self, info: ObjectInfo, start: int, end: int) -> bytes:
+        if start == self.fault.get("start"):
+            markers = Path(self.fault["markers"])
+            markers.mkdir(parents=True, exist_ok=True)
+            attempt = len(list(markers.iterdir())) + 1
+            (markers / f"attempt-{attempt}").touch()
+            if "overwrite_with" in self.fault:
+                self.inner.put(info.key, self.fault["overwrite_with"].encode())
+            elif attempt <= self.fault.get("failures", 0):
+                raise ConnectionError(f"injected read failure {attempt} at byte {start}")
+        return self.inner.read_range(info, start, end)
+
+
+class FaultyBucketResource(BucketResource):
+    """The configured bucket, with the fault described by `CATALOG_TEST_FAULT` (if any)."""
+
+    def open(self) -> Bucket:
+        bucket = super().open()
+        fault = os.environ.get(FAULT_SETTING)
+        return _FaultyBucket(bucket, json.loads(fault)) if fault else bucket
+
+
+def resources(bucket_url: str, database_url: str, chunk_bytes: int, endpoint_url=None) -> dict:
+    return {
+        "bucket": FaultyBucketResource(url=bucket_url, endpoint_url=endpoint_url),
+        "catalog_db": CatalogDatabase(url=database_url),
+        "ingest_settings": IngestSettings(chunk_bytes=chunk_bytes),
+    }
+
+
+def faulty_ingest_job() -> dg.JobDefinition:
+    """The ingest job on resources named by environment variables that each test sets.
+
+    `EnvVar`s, because Dagster caches a reconstructed job: values are read at each run.
+    """
+    return build_definitions(
+        resources(
+            dg.EnvVar("CATALOG_TEST_BUCKET_URL"),
+            dg.EnvVar("CATALOG_TEST_DATABASE_URL"),
+            dg.EnvVar.int("CATALOG_TEST_CHUNK_BYTES"),
+        )
+    ).resolve_job_def(INGEST_JOB)
