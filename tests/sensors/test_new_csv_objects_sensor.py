@@ -1,0 +1,164 @@
+"""`new_csv_objects_sensor` evaluated against a real Dagster instance, bucket and catalog."""
+
+from __future__ import annotations
+
+import dagster as dg
+import pytest
+from sqlalchemy import select
+
+from catalog_pipeline.assets.partitions import partition_key_for, source_csvs
+from catalog_pipeline.core.bucket import LocalBucket
+from catalog_pipeline.core.samples import sample_csv
+from catalog_pipeline.db.tables import source_files
+from catalog_pipeline.ingest import ingest_object
+from catalog_pipeline.resources.catalog import BucketResource, CatalogDatabase, IngestSettings
+from catalog_pipeline.sensors.objects import build_new_csv_objects_sensor, run_key
+
+GOOD = sample_csv(5, seed=3)
+
+
+LISTED: list[int] = []  # objects listed per tick
+
+
+class CountingBucketResource(BucketResource):
+    """The real local bucket, counting how many objects each tick lists."""
+
+    def open(self):
+        inner = super().open()
+        listed = LISTED
+        listed.append(0)
+
+        class Counting:
+            url = inner.url
+
+            def list_objects(self, start_after=None):
+                for info in inner.list_objects(start_after):
+                    listed[-1] += 1
+                    yield info
+
+            def __getattr__(self, name):
+                return getattr(inner, name)
+
+        return Counting()
+
+
+@pytest.fixture
+def tick(local_bucket, sqlite_engine):
+    """Evaluate a sensor like the daemon does: apply its partition requests, keep its cursor,
+    and launch nothing twice for one run key."""
+    state = {"cursor": None, "run_keys": set()}
+    LISTED.clear()
+    resources = {
+        "bucket": CountingBucketResource(url=local_bucket.url),
+        "catalog_db": CatalogDatabase(url=str(sqlite_engine.url)),
+        "ingest_settings": IngestSettings(chunk_bytes=1 << 20),
+    }
+
+    def evaluate(instance, sensor=None) -> tuple[list[dg.RunRequest], dg.SensorResult]:
+        sensor = sensor or build_new_csv_objects_sensor()
+        context = dg.build_sensor_context(
+            instance=instance, cursor=state["cursor"], resources=resources
+        )
+        result = sensor(context)
+        for request in result.dynamic_partitions_requests:
+            instance.add_dynamic_partitions(
+                request.partitions_def_name, list(request.partition_keys)
+            )
+        state["cursor"] = result.cursor
+        fresh = [r for r in result.run_requests if r.run_key not in state["run_keys"]]
+        state["run_keys"].update(r.run_key for r in result.run_requests)
+        return fresh, result
+
+    evaluate.state = state
+    return evaluate
+
+
+def keys_of(requests) -> list[str]:
+    return sorted(request.tags["catalog/object_key"] for request in requests)
+
+
+def test_finds_keys_sorting_before_the_cursor_and_ignores_non_csv(tick, local_bucket):
+    for key in ("m_1.csv", "n_2.csv", "notes.txt", "z/folder.CSV"):
+        local_bucket.put(key, GOOD)
+    sensor = build_new_csv_objects_sensor(scan_limit=2)
+    with dg.instance_for_test() as instance:
+        first, result = tick(instance, sensor)
+        assert keys_of(first) == ["m_1.csv", "n_2.csv"] and result.cursor == "n_2.csv"
+        local_bucket.put("a_early.csv", GOOD)  # sorts before the cursor
+        second, result = tick(instance, sensor)
+        assert keys_of(second) == ["z/folder.CSV"] and result.cursor == "z/folder.CSV"
+        nothing, result = tick(instance, sensor)
+        assert nothing == [] and result.cursor == ""  # the sweep is over: start again
+        third, _ = tick(instance, sensor)
+        assert "a_early.csv" in keys_of(third)
+        assert set(instance.get_dynamic_partitions(source_csvs.name)) >= {
+            partition_key_for(k) for k in ("a_early.csv", "m_1.csv", "n_2.csv", "z/folder.CSV")
+        }
+        request = third[0] if keys_of(third)[0] == "a_early.csv" else third[-1]
+        assert request.partition_key == partition_key_for("a_early.csv")
+        assert request.run_config == {"execution": {"config": {"in_process": {}}}}
+
+
+def test_a_reupload_with_a_new_etag_is_requested_again(tick, local_bucket, sqlite_engine):
+    key = "shop, the best|one_2026-11-01T06-00-00.csv"
+    first_version = local_bucket.put(key, GOOD)
+    with dg.instance_for_test() as instance:
+        (request,), _ = tick(instance)
+        assert request.run_key == run_key(partition_key_for(key), first_version.etag)
+        ingest_object(local_bucket, sqlite_engine, key, 1024)  # what the run does
+        assert tick(instance)[0] == []  # ingested: nothing more to do
+        second_version = local_bucket.put(key, sample_csv(6, seed=4))
+        (again,), _ = tick(instance)
+        assert again.run_key == run_key(partition_key_for(key), second_version.etag)
+        assert again.partition_key == request.partition_key
+
+
+def test_empty_and_unreadable_objects_are_rejected_without_stopping_the_tick(
+    tick, local_bucket, sqlite_engine
+):
+    local_bucket.put("a_empty.csv", b"")
+    local_bucket.put("b_binary.csv", b"\xff\xfe\x00s\x00k\x00u\n")
+    local_bucket.put("c_no_url.csv", b"sku,name\n1,x\n")
+    local_bucket.put("d_good.csv", GOOD)
+    with dg.instance_for_test() as instance:
+        requests, result = tick(instance)
+        assert keys_of(requests) == ["d_good.csv"]
+        with sqlite_engine.connect() as connection:
+            rows = dict(
+                connection.execute(
+                    select(source_files.c.object_key, source_files.c.rejected_reason).where(
+                        source_files.c.status == "rejected"
+                    )
+                ).all()
+            )
+        assert set(rows) == {"a_empty.csv", "b_binary.csv", "c_no_url.csv"}
+        assert "empty" in rows["a_empty.csv"]
+        assert "not valid UTF-8 at byte 0" in rows["b_binary.csv"]
+        assert "'url'" in rows["c_no_url.csv"]
+        observed = {e.metadata["object_key"].value: e for e in result.asset_events}
+        assert set(observed) == set(rows)
+        assert all(e.metadata["status"].value == "rejected" for e in observed.values())
+        assert tick(instance)[0] == []  # recorded: a later sweep does not ask again
+
+
+def test_a_tick_over_5000_objects_stays_bounded_and_a_few_ticks_find_them_all(
+    tick, local_bucket: LocalBucket
+):
+    folder = local_bucket.root
+    for number in range(5000):
+        path = folder / f"shop{number % 7}" / f"scrape_{number:05d}.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(GOOD)
+    (folder / "shop0" / "manifest.json").write_text("{}")
+    sensor = build_new_csv_objects_sensor(scan_limit=1000, request_limit=400)
+    requested: list[str] = []
+    with dg.instance_for_test() as instance:
+        for _ in range(20):
+            fresh, result = tick(instance, sensor)
+            assert len(result.run_requests) <= 400
+            assert LISTED[-1] <= 1000
+            requested += keys_of(fresh)
+            if len(requested) >= 5000:
+                break
+        assert len(requested) == len(set(requested)) == 5000
+        assert len(LISTED) == 13  # 5000 / 400 requests per tick
