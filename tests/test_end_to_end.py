@@ -1,0 +1,230 @@
+"""End to end with the real daemon and webserver (`dagster dev` on 127.0.0.1, a temp
+DAGSTER_HOME): sensor-triggered runs, a partition backfill and a single-partition run
+launched through the webserver's GraphQL API."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from catalog_pipeline.assets.partitions import partition_key_for
+from catalog_pipeline.core.bucket import LocalBucket
+from catalog_pipeline.core.samples import sample_csv
+from catalog_pipeline.db.engine import make_engine
+from tests.helpers import dump
+
+REPO = Path(__file__).resolve().parents[1]
+CHUNK_BYTES = 64 * 1024
+FILES = {
+    "alpha_2026-11-01T06-00-00.csv": sample_csv(60, seed=21, sku_prefix="A"),
+    "beta, [weekly]_2026-11-02T06-00-00.csv": sample_csv(80, seed=22, sku_prefix="B"),
+    # Over three chunks: the sensor asks for the multiprocess executor for this one.
+    "big/gamma_2026-11-03T06-00-00.csv": sample_csv(300, seed=23, sku_prefix="G"),
+}
+TIMEOUT = 240
+
+
+class Dagster:
+    """A `dagster dev` process and a small GraphQL client for it."""
+
+    def __init__(self, home: Path, env: dict[str, str]) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}/graphql"
+        self.log = (home / "dagster-dev.log").open("w")
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "dagster",
+                "dev",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-w",
+                str(REPO / "workspace.yaml"),
+            ],
+            cwd=REPO,
+            env={**os.environ, **env, "DAGSTER_HOME": str(home)},
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: stopped as a whole by PID
+        )
+
+    def query(self, text: str, **variables) -> dict:
+        body = json.dumps({"query": text, "variables": variables}).encode()
+        request = urllib.request.Request(
+            self.url, body, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            payload = json.load(response)
+        assert "errors" not in payload, payload
+        return payload["data"]
+
+    def wait_ready(self) -> None:
+        def loaded():
+            data = self.query(
+                "{ workspaceOrError { ... on Workspace { locationEntries { name "
+                "locationOrLoadError { __typename } } } } }"
+            )
+            entries = data["workspaceOrError"]["locationEntries"]
+            return (
+                entries and entries[0]["locationOrLoadError"]["__typename"] == "RepositoryLocation"
+            )
+
+        wait_for(loaded, "the code location to load", self)
+
+    def runs(self, tag_key: str, tag_value: str) -> list[dict]:
+        data = self.query(
+            "query($key: String!, $value: String!) { runsOrError(filter: {tags: "
+            "[{key: $key, value: $value}]}) { ... on Runs { results { runId status "
+            "tags { key value } } } } }",
+            key=tag_key,
+            value=tag_value,
+        )
+        return data["runsOrError"]["results"]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+        self.log.close()
+
+
+def wait_for(predicate, what: str, dagster: Dagster, timeout: float = TIMEOUT):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if dagster.process.poll() is not None:
+            pytest.fail(f"dagster dev exited while waiting for {what}")
+        try:
+            result = predicate()
+        except OSError:
+            result = None
+        if result:
+            return result
+        time.sleep(1)
+    log = (Path(dagster.log.name)).read_text()[-4000:]
+    pytest.fail(f"timed out waiting for {what}; dagster dev log tail:\n{log}")
+
+
+def finished(runs: list[dict], count: int) -> bool:
+    statuses = [run["status"] for run in runs]
+    assert "FAILURE" not in statuses and "CANCELED" not in statuses, runs
+    return len(runs) == count and all(status == "SUCCESS" for status in statuses)
+
+
+@pytest.mark.slow
+def test_sensor_runs_backfill_and_single_partition_through_the_webserver(tmp_path):
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    bucket = LocalBucket(tmp_path / "bucket")
+    database = f"sqlite:///{tmp_path / 'catalog.sqlite'}"
+    dagster = Dagster(
+        home,
+        {
+            "CATALOG_BUCKET_URL": bucket.url,
+            "CATALOG_DATABASE_URL": database,
+            "CATALOG_CHUNK_BYTES": str(CHUNK_BYTES),
+            "CATALOG_SENSOR_INTERVAL_SECONDS": "1",
+        },
+    )
+    try:
+        dagster.wait_ready()
+        for key, data in FILES.items():
+            bucket.put(key, data)
+
+        sensor_runs = wait_for(
+            lambda: (
+                (runs := dagster.runs("dagster/sensor_name", "new_csv_objects_sensor"))
+                and finished(runs, len(FILES))
+                and runs
+            ),
+            "the sensor-triggered runs",
+            dagster,
+        )
+        partitions = sorted(partition_key_for(key) for key in FILES)
+        assert (
+            sorted(
+                next(t["value"] for t in run["tags"] if t["key"] == "dagster/partition")
+                for run in sensor_runs
+            )
+            == partitions
+        )
+        engine = make_engine(database)
+        catalog = dump(engine)
+        assert len(catalog["catalog_items"]) > 300
+        assert {row[1] for row in catalog["source_files"]} == set(FILES)
+
+        launched = dagster.query(
+            "mutation($params: LaunchBackfillParams!) { launchPartitionBackfill(backfillParams: "
+            "$params) { __typename ... on LaunchBackfillSuccess { backfillId } "
+            "... on PythonError { message } } }",
+            params={
+                "partitionNames": partitions,
+                "assetSelection": [{"path": ["catalog_items"]}, {"path": ["invalid_item_logs"]}],
+            },
+        )["launchPartitionBackfill"]
+        assert launched["__typename"] == "LaunchBackfillSuccess", launched
+        backfill_id = launched["backfillId"]
+
+        def backfill_done():
+            status = dagster.query(
+                "query($id: String!) { partitionBackfillOrError(backfillId: $id) { "
+                "... on PartitionBackfill { status } } }",
+                id=backfill_id,
+            )["partitionBackfillOrError"]["status"]
+            assert status not in ("FAILED", "COMPLETED_FAILED", "CANCELED"), status
+            return status in ("COMPLETED", "COMPLETED_SUCCESS")
+
+        wait_for(backfill_done, "the backfill", dagster)
+        assert finished(dagster.runs("dagster/backfill", backfill_id), len(FILES))
+        assert dump(engine) == catalog  # a backfill of ingested files changes nothing
+
+        single = dagster.query(
+            "mutation($params: ExecutionParams!) { launchRun(executionParams: $params) { "
+            "__typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } "
+            "} }",
+            params={
+                "selector": {
+                    "repositoryLocationName": "catalog_pipeline",
+                    "repositoryName": "__repository__",
+                    "jobName": "catalog_ingest_job",
+                },
+                "executionMetadata": {
+                    "tags": [{"key": "dagster/partition", "value": partitions[0]}]
+                },
+            },
+        )["launchRun"]
+        assert single["__typename"] == "LaunchRunSuccess", single
+        run_id = single["run"]["runId"]
+        wait_for(
+            lambda: (
+                dagster.query(
+                    "query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }",
+                    id=run_id,
+                )["runOrError"]["status"]
+                == "SUCCESS"
+            ),
+            "the single-partition run",
+            dagster,
+        )
+        assert dump(engine) == catalog
+    finally:
+        dagster.stop()
