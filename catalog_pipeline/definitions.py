@@ -7,6 +7,10 @@ import dagster as dg
 from catalog_pipeline.assets.ingest import catalog_ingest
 from catalog_pipeline.jobs import catalog_ingest_job
 from catalog_pipeline.resources.catalog import default_resources
+from catalog_pipeline.schedules.retention import (
+    invalid_log_retention_job,
+    invalid_log_retention_schedule,
+)
 from catalog_pipeline.sensors.objects import new_csv_objects_sensor
 
 
@@ -14,7 +18,8 @@ def build_definitions(resources: dict | None = None) -> dg.Definitions:
     """Everything in the code location; `resources` replace the environment's defaults."""
     return dg.Definitions(
         assets=[catalog_ingest],
-        jobs=[catalog_ingest_job],
+        jobs=[catalog_ingest_job, invalid_log_retention_job],
+        schedules=[invalid_log_retention_schedule],
         sensors=[new_csv_objects_sensor],
         resources={**default_resources(), **(resources or {})},
         executor=dg.multi_or_in_process_executor,
