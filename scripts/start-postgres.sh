@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Start a throwaway PostgreSQL on 127.0.0.1 for the tests; prints the URL to use.
+# Start a throwaway PostgreSQL on 127.0.0.1 for the tests; prints its data directory
+# (a comment line) and, last, the URL to use.
 # The Debian server refuses to run as root, so it runs as the `postgres` user.
 set -euo pipefail
 PORT="${CATALOG_PG_PORT:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}"
@@ -16,4 +17,5 @@ run_as_postgres "'$PGBIN/initdb' -D '$DATA' -A trust -U postgres -E UTF8 >/dev/n
 run_as_postgres "'$PGBIN/pg_ctl' -D '$DATA' -l '$DATA/server.log' -w start -o \
   \"-p $PORT -k /tmp -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
   -c full_page_writes=off -c max_connections=200\"" >&2
+echo "# data directory: $DATA (stop with scripts/stop-postgres.sh '$DATA')"
 echo "postgresql+psycopg://postgres@127.0.0.1:$PORT/postgres"

@@ -1,15 +1,23 @@
 #!/usr/bin/env bash
-# Stop (and delete) the throwaway PostgreSQL servers that start-postgres.sh started.
+# Stop (and delete) throwaway PostgreSQL servers started by start-postgres.sh: the data
+# directory given as an argument, or, without one, every server it has started.
 set -uo pipefail
-[ -f /tmp/catalog-pg.started ] || exit 0
 PGBIN="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)"
-while read -r DATA; do
-    [ -d "$DATA" ] || continue
+stop_one() {
+    local DATA="$1"
+    [ -d "$DATA" ] || return 0
     if [ "$(id -u)" = 0 ]; then
         su postgres -s /bin/bash -c "'$PGBIN/pg_ctl' -D '$DATA' -m fast -w stop" >/dev/null 2>&1
     else
         "$PGBIN/pg_ctl" -D "$DATA" -m fast -w stop >/dev/null 2>&1
     fi
     rm -rf "$DATA"
-done < /tmp/catalog-pg.started
+    [ -f /tmp/catalog-pg.started ] && sed -i "\#^$DATA\$#d" /tmp/catalog-pg.started
+}
+if [ $# -gt 0 ]; then
+    for DATA in "$@"; do stop_one "$DATA"; done
+    exit 0
+fi
+[ -f /tmp/catalog-pg.started ] || exit 0
+for DATA in $(cat /tmp/catalog-pg.started); do stop_one "$DATA"; done
 rm -f /tmp/catalog-pg.started

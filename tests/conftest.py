@@ -38,14 +38,18 @@ def pytest_configure(config) -> None:
         if IN_CI:
             raise pytest.UsageError(f"could not start PostgreSQL: {result.stderr}")
         return
-    url = result.stdout.strip().splitlines()[-1]
-    os.environ["CATALOG_TEST_POSTGRES_URL"] = url
-    _STARTED_POSTGRES["url"] = url
+    lines = result.stdout.strip().splitlines()
+    os.environ["CATALOG_TEST_POSTGRES_URL"] = _STARTED_POSTGRES["url"] = lines[-1]
+    _STARTED_POSTGRES["data"] = lines[0].split(": ", 1)[1].split(" (", 1)[0]
 
 
 def pytest_unconfigure(config) -> None:
     if _STARTED_POSTGRES and not os.environ.get("PYTEST_XDIST_WORKER"):
-        subprocess.run([str(REPO / "scripts" / "stop-postgres.sh")], capture_output=True)
+        # Only the server this session started: another session may be using its own.
+        subprocess.run(
+            [str(REPO / "scripts" / "stop-postgres.sh"), _STARTED_POSTGRES["data"]],
+            capture_output=True,
+        )
 
 
 def _worker() -> str:
