@@ -28,7 +28,9 @@ def test_production_instance_on_postgres_loads_and_completes_an_ingest_run(
         connection.execute(text(f'DROP DATABASE IF EXISTS "{storage}" WITH (FORCE)'))
         connection.execute(text(f'CREATE DATABASE "{storage}"'))
     admin.dispose()
-    storage_url = make_url(postgres_admin_url).set(drivername="postgresql+psycopg2", database=storage)
+    storage_url = make_url(postgres_admin_url).set(
+        drivername="postgresql+psycopg2", database=storage
+    )
     monkeypatch.setenv("DAGSTER_PG_URL", storage_url.render_as_string(hide_password=False))
 
     home = tmp_path / "dagster_home"

@@ -9,6 +9,7 @@ import dagster as dg
 
 from catalog_pipeline import ingest
 from catalog_pipeline.assets.partitions import object_key_for, source_csvs
+from catalog_pipeline.core.bucket import ObjectMissingError
 from catalog_pipeline.core.chunking import ByteRange
 from catalog_pipeline.core.errors import ChunkError, ObjectChangedError
 from catalog_pipeline.db.ingest import ChunkResult, FileSummary, load_chunk_results
@@ -52,9 +53,12 @@ def plan_chunks(
     """HEAD the object, find record-aligned chunk boundaries in one read, store the plan."""
     started_at = time.time()
     key = object_key_for(context.partition_key)
-    planned = ingest.plan_object(
-        bucket.open(), catalog_db.engine(), key, ingest_settings.chunk_bytes, context.run_id
-    )
+    try:
+        planned = ingest.plan_object(
+            bucket.open(), catalog_db.engine(), key, ingest_settings.chunk_bytes, context.run_id
+        )
+    except ObjectMissingError as error:
+        raise dg.Failure(description=str(error), allow_retries=False) from error
     if planned.rejected_reason:
         context.log.warning(f"{key}: rejected: {planned.rejected_reason}")
     else:

@@ -31,6 +31,14 @@ class BucketError(CatalogError):
     """The bucket URL is invalid, or a key escapes the bucket."""
 
 
+class ObjectMissingError(BucketError):
+    """The object does not exist (deleted, or never written)."""
+
+    def __init__(self, bucket_url: str, key: str) -> None:
+        super().__init__(f"{key}: no such object in {bucket_url} (deleted?)")
+        self.key = key
+
+
 class Bucket(Protocol):
     url: str
 
@@ -100,7 +108,10 @@ class LocalBucket:
                 continue  # deleted while listing
 
     def head(self, key: str) -> ObjectInfo:
-        return self._info(key, self._path(key).stat())
+        try:
+            return self._info(key, self._path(key).stat())
+        except FileNotFoundError:
+            raise ObjectMissingError(self.url, key) from None
 
     def _check(self, info: ObjectInfo, handle) -> None:
         current = self._info(info.key, os.fstat(handle.fileno()))
@@ -157,7 +168,14 @@ class S3Bucket:
                 yield self._info(entry["Key"], entry["ETag"], entry["Size"], entry["LastModified"])
 
     def head(self, key: str) -> ObjectInfo:
-        response = self.client.head_object(Bucket=self.bucket, Key=key)
+        from botocore.exceptions import ClientError
+
+        try:
+            response = self.client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as error:
+            if error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+                raise ObjectMissingError(self.url, key) from None
+            raise
         return self._info(
             key, response["ETag"], response["ContentLength"], response["LastModified"]
         )

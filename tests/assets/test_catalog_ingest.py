@@ -229,3 +229,18 @@ def test_object_overwritten_mid_run_fails_clearly_then_next_run_supersedes(
     assert old.status == "superseded" and old.superseded_by == new.id
     assert new.status == "completed"
     assert len(new_skus) > 40
+
+
+def test_a_partition_whose_object_was_deleted_fails_planning_with_the_key(
+    local_bucket, s3_bucket, s3_server, sqlite_engine
+):
+    for bucket_url, endpoint in ((local_bucket.url, None), (s3_bucket.url, s3_server)):
+        with dg.instance_for_test() as instance:
+            result = run_partition(
+                resources(bucket_url, str(sqlite_engine.url), CHUNK_BYTES, endpoint), KEY, instance
+            )
+        assert not result.success
+        (failure,) = [e for e in result.all_events if e.is_step_failure]
+        assert failure.step_key == "catalog_ingest.plan_chunks"
+        message = error_text(failure.step_failure_data.error)
+        assert f"{KEY}: no such object in {bucket_url} (deleted?)" in message
