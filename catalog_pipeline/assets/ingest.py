@@ -146,7 +146,12 @@ def finalize(
         reasons.update(report.reasons)
     seconds = time.time() - plan.started_at
     yield dg.Output(
-        None, "catalog_items", metadata=items_metadata(plan.planned, summary, chunks, seconds)
+        None,
+        "catalog_items",
+        metadata={
+            **items_metadata(plan.planned, summary, chunks, seconds),
+            "top_invalid_reasons": dg.MetadataValue.json(dict(reasons.most_common(TOP_REASONS))),
+        },
     )
     yield dg.Output(None, "invalid_item_logs", metadata=invalid_metadata(summary, reasons))
     yield reconcile_check(summary)

@@ -74,6 +74,8 @@ def test_one_partition_gives_the_same_tables_on_postgres_s3_and_sqlite_local(
     assert metadata["chunks"] == len(DATA) // CHUNK_BYTES + 1
     assert len(materialization.metadata["chunk_results"].value.records) == metadata["chunks"]
     assert metadata["object_key"] == KEY
+    reasons = metadata["top_invalid_reasons"]
+    assert sum(reasons.values()) >= metadata["invalid"] > 0  # every invalid row has a reason
     checks = {e.check_name: e.passed for e in local.get_asset_check_evaluations()}
     assert checks == {"rows_reconcile": True, "file_accepted": True}
 
