@@ -102,8 +102,14 @@ class Dagster:
             try:
                 self.process.wait(timeout=60)
             except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
+                pass
+        # Code servers and run workers it started may outlive it until their heartbeat
+        # times out: stop whatever is left of its process group now.
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait(timeout=10)
         self.log.close()
 
 
