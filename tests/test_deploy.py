@@ -20,7 +20,7 @@ KEY = "prod_2026-11-22T06-00-00.csv"
 
 
 def test_production_instance_on_postgres_loads_and_completes_an_ingest_run(
-    tmp_path, monkeypatch, postgres_admin_url, postgres_database, local_bucket
+    tmp_path, monkeypatch, postgres_admin_url, postgres_database, postgres_engine, local_bucket
 ):
     admin = make_engine(postgres_admin_url).execution_options(isolation_level="AUTOCOMMIT")
     storage = f"{make_url(postgres_database).database}_dagster"
@@ -57,5 +57,5 @@ def test_production_instance_on_postgres_loads_and_completes_an_ingest_run(
         assert stored is not None and stored.is_success
         materialized = instance.get_latest_materialization_event(dg.AssetKey("catalog_items"))
         assert materialized is not None and materialized.run_id == result.run_id
-    files = content_dump(make_engine(postgres_database))["files"]
+    files = content_dump(postgres_engine)["files"]
     assert files == [(KEY, "completed", 200, files[0][3], files[0][4], 200)]

@@ -4,6 +4,7 @@ launched through the webserver's GraphQL API."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -16,11 +17,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from catalog_pipeline.assets.partitions import partition_key_for
 from catalog_pipeline.core.bucket import LocalBucket
 from catalog_pipeline.core.samples import sample_csv
 from catalog_pipeline.db.engine import make_engine
+from catalog_pipeline.db.tables import source_files
 from tests.helpers import dump
 
 REPO = Path(__file__).resolve().parents[1]
@@ -99,16 +102,12 @@ class Dagster:
     def stop(self) -> None:
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                pass
         # Code servers and run workers it started may outlive it until their heartbeat
         # times out: stop whatever is left of its process group now.
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self.process.wait(timeout=10)
         self.log.close()
 
@@ -155,6 +154,7 @@ def test_sensor_runs_backfill_and_single_partition_through_the_webserver(tmp_pat
         dagster.wait_ready()
         for key, data in FILES.items():
             bucket.put(key, data)
+        bucket.put("zeta_empty.csv", b"")  # rejected by the sensor, which carries on
 
         sensor_runs = wait_for(
             lambda: (
@@ -176,7 +176,11 @@ def test_sensor_runs_backfill_and_single_partition_through_the_webserver(tmp_pat
         engine = make_engine(database)
         catalog = dump(engine)
         assert len(catalog["catalog_items"]) > 300
-        assert {row[1] for row in catalog["source_files"]} == set(FILES)
+        with engine.connect() as connection:
+            statuses = dict(
+                connection.execute(select(source_files.c.object_key, source_files.c.status)).all()
+            )
+        assert statuses == {**dict.fromkeys(FILES, "completed"), "zeta_empty.csv": "rejected"}
 
         launched = dagster.query(
             "mutation($params: LaunchBackfillParams!) { launchPartitionBackfill(backfillParams: "
