@@ -114,9 +114,14 @@ def ingest_chunk(
             data, chunk.start, mapping, chunk.end == planned.info.size
         )
         seconds = time.perf_counter() - started
-        invalid = [db.InvalidRow(r.byte_offset, r.reasons, r.raw) for r in outcome.invalid]
         db.write_chunk(
-            engine, planned.source_file_id, chunk.index, outcome.items, invalid, run_id, seconds
+            engine,
+            planned.source_file_id,
+            chunk.index,
+            outcome.items,
+            outcome.invalid,
+            run_id,
+            seconds,
         )
     except ObjectChangedError as error:
         db.mark_chunk_failed(engine, planned.source_file_id, chunk.index, str(error), run_id)

@@ -40,6 +40,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 
 from catalog_pipeline.core.chunking import ChunkPlan
+from catalog_pipeline.core.ingest import InvalidRecord
 from catalog_pipeline.core.items import StagedItem
 from catalog_pipeline.db.tables import (
     UtcDateTime,
@@ -98,13 +99,6 @@ class SourceObject:
     last_modified: datetime
     source: str
     observed_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class InvalidRow:
-    byte_offset: int
-    reasons: tuple[str, ...]
-    raw: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,7 +218,7 @@ def write_chunk(
     source_file_id: int,
     chunk_index: int,
     items: Sequence[StagedItem],
-    invalid: Sequence[InvalidRow],
+    invalid: Sequence[InvalidRecord],
     run_id: str | None,
     seconds: float,
 ) -> None:
@@ -241,23 +235,17 @@ def write_chunk(
             _upsert_items(connection, file_row, source_file_id, items)
         if invalid:
             _log_invalid(connection, file_row.object_key, source_file_id, chunk_index, invalid)
-        connection.execute(
-            update(source_chunks)
-            .where(
-                source_chunks.c.source_file_id == source_file_id,
-                source_chunks.c.chunk_index == chunk_index,
-            )
-            .values(
-                status="completed",
-                rows=len(items) + len(invalid),
-                valid=len(items),
-                invalid=len(invalid),
-                attempts=source_chunks.c.attempts + 1,
-                run_id=run_id,
-                error=None,
-                seconds=seconds,
-                updated_at=utcnow(),
-            )
+        _record_attempt(
+            connection,
+            source_file_id,
+            chunk_index,
+            run_id,
+            status="completed",
+            rows=len(items) + len(invalid),
+            valid=len(items),
+            invalid=len(invalid),
+            error=None,
+            seconds=seconds,
         )
 
 
@@ -265,20 +253,28 @@ def mark_chunk_failed(
     engine: Engine, source_file_id: int, chunk_index: int, error: str, run_id: str | None
 ) -> None:
     with engine.begin() as connection:
-        connection.execute(
-            update(source_chunks)
-            .where(
-                source_chunks.c.source_file_id == source_file_id,
-                source_chunks.c.chunk_index == chunk_index,
-            )
-            .values(
-                status="failed",
-                error=error[:4000],
-                attempts=source_chunks.c.attempts + 1,
-                run_id=run_id,
-                updated_at=utcnow(),
-            )
+        _record_attempt(
+            connection, source_file_id, chunk_index, run_id, status="failed", error=error[:4000]
         )
+
+
+def _record_attempt(
+    connection: Connection, source_file_id: int, chunk_index: int, run_id: str | None, **values
+) -> None:
+    """One more attempt of a chunk, and its outcome (a retry overwrites the previous one)."""
+    connection.execute(
+        update(source_chunks)
+        .where(
+            source_chunks.c.source_file_id == source_file_id,
+            source_chunks.c.chunk_index == chunk_index,
+        )
+        .values(
+            **values,
+            attempts=source_chunks.c.attempts + 1,
+            run_id=run_id,
+            updated_at=utcnow(),
+        )
+    )
 
 
 def _stage_table(connection: Connection) -> Table:
@@ -379,7 +375,7 @@ def _log_invalid(
     object_key: str,
     source_file_id: int,
     chunk_index: int,
-    invalid: Sequence[InvalidRow],
+    invalid: Sequence[InvalidRecord],
 ) -> None:
     now = utcnow()
     rows = [
