@@ -107,6 +107,16 @@ def _database_description() -> str:
     return make_engine().url.render_as_string(hide_password=True)
 
 
+def _bucket():
+    """The bucket the resources of this process point at (environment or defaults)."""
+    from catalog_pipeline.resources.catalog import BucketResource
+
+    return BucketResource(
+        url=settings.setting(settings.BUCKET_URL),
+        endpoint_url=settings.setting(settings.S3_ENDPOINT_URL),
+    ).open()
+
+
 def ingest_bucket(progress: bool = True) -> list[FileResult]:
     """Ingest every CSV object of the bucket, one `catalog_ingest_job` run per object.
 
@@ -120,14 +130,11 @@ def ingest_bucket(progress: bool = True) -> list[FileResult]:
     from catalog_pipeline.db.ingest import latest_summary
     from catalog_pipeline.definitions import build_definitions
     from catalog_pipeline.jobs import INGEST_JOB
-    from catalog_pipeline.resources.catalog import BucketResource, CatalogDatabase
+    from catalog_pipeline.resources.catalog import CatalogDatabase
 
     definitions = build_definitions()
     job = definitions.resolve_job_def(INGEST_JOB)
-    bucket = BucketResource(
-        url=settings.setting(settings.BUCKET_URL),
-        endpoint_url=settings.setting(settings.S3_ENDPOINT_URL),
-    ).open()
+    bucket = _bucket()
     engine = CatalogDatabase(url=settings.setting(settings.DATABASE_URL)).engine()
     objects = [info for info in bucket.list_objects() if is_csv_key(info.key)]
     instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else None
@@ -201,12 +208,8 @@ def format_summary(results: list[FileResult]) -> str:
 
 def _write_demo(large_rows: int, quiet: bool) -> None:
     from catalog_pipeline.core import samples
-    from catalog_pipeline.resources.catalog import BucketResource
 
-    bucket = BucketResource(
-        url=settings.setting(settings.BUCKET_URL),
-        endpoint_url=settings.setting(settings.S3_ENDPOINT_URL),
-    ).open()
+    bucket = _bucket()
     existing = {info.key for info in bucket.list_objects()}
     for key, data in samples.demo_objects(large_rows):
         if key in existing:

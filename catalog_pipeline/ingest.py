@@ -6,12 +6,11 @@ core-only path (benchmarks, tests). Both write the same rows.
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 
 from catalog_pipeline.core.bucket import Bucket, ObjectInfo
 from catalog_pipeline.core.chunking import ByteRange, ChunkPlan, plan_chunks
@@ -20,7 +19,6 @@ from catalog_pipeline.core.ingest import ChunkOutcome, process_chunk_bytes
 from catalog_pipeline.core.naming import parse_object_key
 from catalog_pipeline.core.validation import HeaderMapping, MissingColumnsError, map_header
 from catalog_pipeline.db import ingest as db
-from catalog_pipeline.db.tables import source_chunks, source_files
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,10 +121,7 @@ def ingest_chunk(
             run_id,
             seconds,
         )
-    except ObjectChangedError as error:
-        db.mark_chunk_failed(engine, planned.source_file_id, chunk.index, str(error), run_id)
-        raise
-    except ChunkError as error:
+    except (ObjectChangedError, ChunkError) as error:
         db.mark_chunk_failed(engine, planned.source_file_id, chunk.index, str(error), run_id)
         raise
     except Exception as error:
@@ -162,23 +157,3 @@ def ingest_object(
     for chunk in planned.chunks:
         reasons.update(ingest_chunk(bucket, engine, planned, chunk, run_id).reasons)
     return finalize(engine, planned), reasons
-
-
-def load_planned(engine: Engine, bucket: Bucket, key: str, etag: str) -> PlannedFile | None:
-    """The stored plan for one object version, if any (used by re-execution)."""
-    with engine.connect() as connection:
-        row = connection.execute(
-            select(source_files).where(
-                source_files.c.object_key == key, source_files.c.etag == etag
-            )
-        ).one_or_none()
-        if row is None or row.header is None:
-            return None
-        chunk_rows = connection.execute(
-            select(source_chunks)
-            .where(source_chunks.c.source_file_id == row.id)
-            .order_by(source_chunks.c.chunk_index)
-        ).all()
-    info = ObjectInfo(key, etag, row.size, row.last_modified)
-    chunks = tuple(ByteRange(c.chunk_index, c.byte_start, c.byte_end) for c in chunk_rows)
-    return PlannedFile(row.id, info, tuple(json.loads(row.header)), chunks, row.verified_row_count)

@@ -18,7 +18,3 @@ DEFAULTS = {BUCKET_URL: DEFAULT_BUCKET_URL, CHUNK_BYTES: str(DEFAULT_CHUNK_BYTES
 def setting(name: str) -> str | None:
     """The environment's value, else the embedded default (None when there is none)."""
     return os.environ.get(name) or DEFAULTS.get(name)
-
-
-def chunk_bytes() -> int:
-    return int(setting(CHUNK_BYTES) or DEFAULT_CHUNK_BYTES)

@@ -11,15 +11,6 @@ class HeaderError(CatalogError):
     """The object cannot be planned: empty, or its header is unreadable."""
 
 
-class FileRejected(CatalogError):
-    """A whole file is rejected (nothing is written); `reason` is stored on `source_files`."""
-
-    def __init__(self, object_key: str, reason: str) -> None:
-        super().__init__(f"{object_key}: rejected: {reason}")
-        self.object_key = object_key
-        self.reason = reason
-
-
 class ObjectChangedError(CatalogError):
     """The object was overwritten after it was planned (its ETag no longer matches)."""
 
