@@ -64,7 +64,7 @@ _WORDS = [
     "日本製",
     "качество",
 ]
-_INVALID_KINDS = ("sku", "url", "price", "weight", "private", "name", "columns")
+INVALID_KINDS = ("sku", "url", "price", "weight", "private", "name", "columns")
 
 
 def _description(rng: random.Random, target: int) -> str:
@@ -86,8 +86,13 @@ def sample_rows(
     duplicate_rate: float = 0.03,
     description_bytes: int = 1000,
     sku_prefix: str = "SKU",
+    invalid_kinds: tuple[str, ...] = INVALID_KINDS,
 ) -> Iterator[list[str]]:
-    """Yield `count` data rows (without header) in `HEADER` order."""
+    """Yield `count` data rows (without header) in `HEADER` order.
+
+    `invalid_kinds` picks how invalid rows are broken; leaving out "columns" gives a file
+    whose every record has the header's field count (loadable by a plain `COPY`).
+    """
     rng = random.Random(seed)
     categories = list(_CATALOG)
     for index in range(count):
@@ -117,7 +122,7 @@ def sample_rows(
             f"US-S1Z-{sku_number % 100:02d}-{sku_number:05d}" if is_media else "",
         ]
         if rng.random() < invalid_rate:
-            _break(row, rng.choice(_INVALID_KINDS))
+            _break(row, rng.choice(invalid_kinds))
         yield row
 
 

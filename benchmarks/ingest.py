@@ -1,0 +1,427 @@
+"""Ingest throughput and memory against the machine's physical limit and the usual approach.
+
+    python -m benchmarks.ingest --rows 1000000 --json
+
+Measured in the same run, on the same generated file and the same PostgreSQL:
+- `raw_copy`: `COPY` of the file into an empty unindexed table of text columns (the limit);
+- `naive_pandas`: `pandas.read_csv` + our row validation + `DataFrame.to_sql` into a staging
+  table + one `INSERT … ON CONFLICT` upsert (what most people would write);
+- `core`: our core ingest in one process (plan, chunks, finalize; no Dagster);
+- `dagster`: the real `catalog_ingest_job` materialization of the partition, with the
+  executor the sensor would pick (one process per core), and again with one worker;
+plus the core ingest into SQLite (the embedded default), chunk-planning MB/s and the sensor's
+tick time over `--sensor-objects` objects. Every method runs in its own child process so
+its peak RSS is its own; ratios compare methods measured minutes apart on one machine.
+
+Without `--database-url`, a throwaway PostgreSQL is started (scripts/start-postgres.sh) and
+stopped at the end. The file has ~5 % invalid rows of kinds a plain COPY can still load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+KEY = "bench_2026-01-01T00-00-00.csv"
+COPYABLE_KINDS = ("sku", "url", "price", "weight", "private", "name")  # not "columns"
+METHODS = ("raw_copy", "naive_pandas", "core", "dagster", "dagster_1_worker", "sqlite")
+
+
+def _peak_rss_mb(who: int = resource.RUSAGE_SELF) -> float:
+    return round(resource.getrusage(who).ru_maxrss / 1024, 1)
+
+
+def _result(rows: int, size: int, seconds: float, **extra) -> dict:
+    return {
+        "rows": rows,
+        "seconds": round(seconds, 2),
+        "rows_per_s": round(rows / seconds),
+        "mb_per_s": round(size / 1e6 / seconds, 1),
+        "peak_rss_mb": _peak_rss_mb(),
+        **extra,
+    }
+
+
+def _fresh_engine(url: str):
+    from sqlalchemy import text
+
+    from catalog_pipeline.db.engine import make_engine, upgrade
+
+    engine = make_engine(url)
+    if engine.dialect.name == "postgresql":
+        with engine.begin() as connection:
+            connection.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
+            connection.execute(text("CREATE SCHEMA public"))
+    upgrade(engine)
+    return engine
+
+
+# --- the methods (each runs in a child process: `--method NAME`) -----------------------
+
+
+def raw_copy(path: Path, url: str) -> dict:
+    from catalog_pipeline.core.samples import HEADER
+    from catalog_pipeline.db.engine import make_engine
+
+    engine = make_engine(url)
+    columns = ", ".join(f"c{index} text" for index in range(len(HEADER)))
+    driver = engine.raw_connection()
+    try:
+        with driver.cursor() as cursor:
+            cursor.execute("DROP TABLE IF EXISTS raw_copy")
+            cursor.execute(f"CREATE TABLE raw_copy ({columns})")
+        driver.commit()
+        started = time.perf_counter()
+        with (
+            driver.cursor() as cursor,
+            cursor.copy("COPY raw_copy FROM STDIN WITH (FORMAT csv, HEADER true)") as copy,
+            open(path, "rb") as handle,
+        ):
+            while block := handle.read(1 << 20):
+                copy.write(block)
+        driver.commit()
+        seconds = time.perf_counter() - started
+        with driver.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM raw_copy")
+            rows = cursor.fetchone()[0]
+            cursor.execute("DROP TABLE raw_copy")
+        driver.commit()
+    finally:
+        driver.close()
+    return _result(rows, path.stat().st_size, seconds)
+
+
+def naive_pandas(path: Path, url: str) -> dict:
+    import pandas as pd
+    from sqlalchemy import text
+
+    from catalog_pipeline.core.items import content_hash
+    from catalog_pipeline.core.validation import map_header, validate_record
+
+    engine = _fresh_engine(url)
+    started = time.perf_counter()
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    mapping = map_header(list(frame.columns))
+    valid, invalid = [], []
+    for position, fields in enumerate(frame.itertuples(index=False, name=None)):
+        item, reasons = validate_record(fields, mapping)
+        if item is None:
+            invalid.append({"row": position, "reasons": json.dumps(reasons)})
+            continue
+        valid.append(
+            {
+                "sku": item.sku,
+                "name": item.name,
+                "brand": item.brand,
+                "category": item.category,
+                "description": item.description,
+                "price": item.price,
+                "url": item.url,
+                "weight_grams": item.weight_grams,
+                "play_count": item.play_count,
+                "position": position,
+                "content_hash": content_hash(item),
+            }
+        )
+    items = pd.DataFrame(valid)
+    items.to_sql("naive_stage", engine, if_exists="replace", index=False, chunksize=10_000)
+    pd.DataFrame(invalid).to_sql(
+        "naive_invalid", engine, if_exists="replace", index=False, chunksize=10_000
+    )
+    columns = [name for name in items.columns if name != "position"]
+    names = ", ".join(columns)
+    updates = ", ".join(f"{name} = excluded.{name}" for name in columns if name != "sku")
+    with engine.begin() as connection:
+        connection.execute(text("CREATE TABLE naive_items (LIKE naive_stage)"))
+        connection.execute(text("ALTER TABLE naive_items ADD UNIQUE (sku)"))
+        connection.execute(
+            text(
+                f"INSERT INTO naive_items ({names}) SELECT DISTINCT ON (sku) {names} "
+                f"FROM naive_stage ORDER BY sku, position DESC "
+                f"ON CONFLICT (sku) DO UPDATE SET {updates}"
+            )
+        )
+    seconds = time.perf_counter() - started
+    return _result(len(frame), path.stat().st_size, seconds, valid=len(valid))
+
+
+def core(path: Path, url: str, chunk_bytes: int) -> dict:
+    from catalog_pipeline.core.bucket import LocalBucket
+    from catalog_pipeline.ingest import ingest_object
+
+    engine = _fresh_engine(url)
+    bucket = LocalBucket(path.parent)
+    started = time.perf_counter()
+    summary, _ = ingest_object(bucket, engine, path.name, chunk_bytes)
+    seconds = time.perf_counter() - started
+    return _result(
+        summary.rows_total,
+        path.stat().st_size,
+        seconds,
+        valid=summary.rows_valid,
+        invalid=summary.rows_invalid,
+        verified_row_count=summary.verified_row_count,
+    )
+
+
+def ingest_job():
+    """The code location's ingest job (resources from the environment set by `dagster`)."""
+    from catalog_pipeline.definitions import build_definitions
+    from catalog_pipeline.jobs import INGEST_JOB
+
+    return build_definitions().resolve_job_def(INGEST_JOB)
+
+
+def dagster(path: Path, url: str, chunk_bytes: int, workers: int) -> dict:
+    os.environ.update(
+        {
+            "CATALOG_BUCKET_URL": f"file://{path.parent}",
+            "CATALOG_DATABASE_URL": url,
+            "CATALOG_CHUNK_BYTES": str(chunk_bytes),
+        }
+    )
+    import dagster as dg
+
+    from catalog_pipeline.assets.partitions import partition_key_for, source_csvs
+    from catalog_pipeline.db.ingest import latest_summary
+
+    engine = _fresh_engine(url)
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-dagster-home-") as home,
+        dg.instance_for_test(temp_dir=home) as instance,
+    ):
+        partition = partition_key_for(path.name)
+        instance.add_dynamic_partitions(source_csvs.name, [partition])
+        started = time.perf_counter()
+        result = dg.execute_job(
+            dg.reconstructable(ingest_job),
+            instance=instance,
+            run_config={
+                "execution": {"config": {"multiprocess": {"max_concurrent": workers}}},
+                "loggers": {"console": {"config": {"log_level": "WARNING"}}},
+            },
+            tags={"dagster/partition": partition},
+        )
+        seconds = time.perf_counter() - started
+    if not result.success:
+        raise RuntimeError("the dagster materialization failed")
+    summary = latest_summary(engine, path.name)
+    return _result(
+        summary.rows_total,
+        path.stat().st_size,
+        seconds,
+        workers=workers,
+        valid=summary.rows_valid,
+        # Chunk steps run in child processes: their largest high-water mark.
+        chunk_step_peak_rss_mb=_peak_rss_mb(resource.RUSAGE_CHILDREN),
+    )
+
+
+def planning(path: Path, chunk_bytes: int) -> dict:
+    from catalog_pipeline.core.bucket import LocalBucket
+    from catalog_pipeline.core.chunking import plan_chunks
+
+    bucket = LocalBucket(path.parent)
+    info = bucket.head(path.name)
+    started = time.perf_counter()
+    plan = plan_chunks(bucket.iter_blocks(info), info.size, chunk_bytes)
+    seconds = time.perf_counter() - started
+    return {
+        "mb_per_s": round(info.size / 1e6 / seconds, 1),
+        "seconds": round(seconds, 2),
+        "chunks": len(plan.chunks),
+        "records": plan.record_count,
+    }
+
+
+def sensor_ticks(objects: int, workdir: Path) -> dict:
+    """Tick the real sensor like the daemon does until it has requested every object."""
+    import dagster as dg
+
+    from catalog_pipeline.resources.catalog import BucketResource, CatalogDatabase, IngestSettings
+    from catalog_pipeline.sensors.objects import new_csv_objects_sensor
+
+    folder = workdir / "sensor-bucket"
+    body = b"sku,name,url\nA-1,Tent,https://shop.example.com/a\n"
+    for number in range(objects):
+        path = folder / f"shop{number % 10}" / f"shop{number % 10}_{number:06d}.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(body)
+    resources = {
+        "bucket": BucketResource(url=f"file://{folder}"),
+        "catalog_db": CatalogDatabase(url=f"sqlite:///{workdir / 'sensor.sqlite'}"),
+        "ingest_settings": IngestSettings(),
+    }
+    seconds: list[float] = []
+    requested: set[str] = set()
+    cursor = None
+    with dg.instance_for_test() as instance:
+        while len(requested) < objects and len(seconds) < objects:
+            context = dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources)
+            started = time.perf_counter()
+            result = new_csv_objects_sensor(context)
+            for request in result.dynamic_partitions_requests:
+                instance.add_dynamic_partitions(
+                    request.partitions_def_name, list(request.partition_keys)
+                )
+            seconds.append(time.perf_counter() - started)
+            requested.update(request.run_key for request in result.run_requests)
+            cursor = result.cursor
+    return {
+        "objects": objects,
+        "ticks": len(seconds),
+        "requested": len(requested),
+        "mean_tick_seconds": round(sum(seconds) / len(seconds), 3),
+        "max_tick_seconds": round(max(seconds), 3),
+    }
+
+
+# --- orchestration ---------------------------------------------------------------------
+
+
+def _child(method: str, arguments: argparse.Namespace) -> dict:
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.ingest",
+        "--method",
+        method,
+        "--file",
+        str(arguments.file),
+        "--database-url",
+        arguments.database_url,
+        "--chunk-bytes",
+        str(arguments.chunk_bytes),
+        "--workers",
+        str(arguments.workers),
+        "--sensor-objects",
+        str(arguments.sensor_objects),
+    ]
+    output = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    if output.returncode != 0:
+        raise RuntimeError(f"{method} failed:\n{output.stderr[-4000:]}")
+    return json.loads(output.stdout.strip().splitlines()[-1])
+
+
+def _run_method(arguments: argparse.Namespace) -> dict:
+    path = Path(arguments.file)
+    method = arguments.method
+    if method == "raw_copy":
+        return raw_copy(path, arguments.database_url)
+    if method == "naive_pandas":
+        return naive_pandas(path, arguments.database_url)
+    if method == "core":
+        return core(path, arguments.database_url, arguments.chunk_bytes)
+    if method == "sqlite":
+        return core(path, f"sqlite:///{path.parent.parent / 'bench.sqlite'}", arguments.chunk_bytes)
+    if method == "dagster":
+        return dagster(path, arguments.database_url, arguments.chunk_bytes, arguments.workers)
+    if method == "dagster_1_worker":
+        return dagster(path, arguments.database_url, arguments.chunk_bytes, 1)
+    if method == "planning":
+        return planning(path, arguments.chunk_bytes)
+    if method == "sensor":
+        return sensor_ticks(arguments.sensor_objects, Path(tempfile.mkdtemp(prefix="bench-")))
+    raise ValueError(f"unknown method {method!r}")
+
+
+def _ratio(numerator: dict, denominator: dict) -> float:
+    return round(numerator["rows_per_s"] / denominator["rows_per_s"], 3)
+
+
+def _start_postgres() -> tuple[str, str]:
+    output = (
+        subprocess.run(
+            [str(REPO / "scripts" / "start-postgres.sh")],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        .stdout.strip()
+        .splitlines()
+    )
+    return output[-1], output[0].split(": ", 1)[1].split(" (", 1)[0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--chunk-bytes", type=int, default=20 * 1024 * 1024)
+    parser.add_argument("--database-url", default=None, help="PostgreSQL (default: start one)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--sensor-objects", type=int, default=10_000)
+    parser.add_argument("--workdir", default=None, help="keeps the generated file between runs")
+    parser.add_argument("--json", action="store_true", help="print only the JSON result")
+    parser.add_argument("--method", help=argparse.SUPPRESS)
+    parser.add_argument("--file", help=argparse.SUPPRESS)
+    arguments = parser.parse_args(argv)
+    if arguments.method:
+        print(json.dumps(_run_method(arguments)))
+        return 0
+
+    def say(message: str) -> None:
+        if not arguments.json:
+            print(message, file=sys.stderr, flush=True)
+
+    workdir = Path(arguments.workdir or tempfile.mkdtemp(prefix="catalog-bench-"))
+    path = workdir / "bucket" / KEY
+    path.parent.mkdir(parents=True, exist_ok=True)
+    marker = workdir / f"rows-{arguments.rows}"
+    if not marker.exists():
+        from catalog_pipeline.core.samples import write_sample_csv
+
+        say(f"generating {arguments.rows:,} rows into {path} ...")
+        for stale in workdir.glob("rows-*"):
+            stale.unlink()
+        write_sample_csv(path, arguments.rows, invalid_kinds=COPYABLE_KINDS)
+        marker.touch()
+    arguments.file = str(path)
+    started_postgres = None
+    if not arguments.database_url:
+        arguments.database_url, started_postgres = _start_postgres()
+    try:
+        results = {}
+        for method in (*METHODS, "planning", "sensor"):
+            say(f"{method} ...")
+            results[method] = _child(method, arguments)
+            say(f"  {json.dumps(results[method])}")
+    finally:
+        if started_postgres:
+            subprocess.run([str(REPO / "scripts" / "stop-postgres.sh"), started_postgres])
+    report = {
+        "rows": arguments.rows,
+        "file_mb": round(path.stat().st_size / 1e6, 1),
+        "chunk_mb": round(arguments.chunk_bytes / 1e6, 1),
+        "cores": os.cpu_count(),
+        **{method: results[method] for method in METHODS},
+        "sqlite_rows_per_s": results["sqlite"]["rows_per_s"],
+        "planning_mb_per_s": results["planning"]["mb_per_s"],
+        "sensor": results["sensor"],
+        "ratios": {
+            "core/raw_copy": _ratio(results["core"], results["raw_copy"]),
+            "dagster/raw_copy": _ratio(results["dagster"], results["raw_copy"]),
+            "core/naive_pandas": _ratio(results["core"], results["naive_pandas"]),
+            "dagster/dagster_1_worker": _ratio(results["dagster"], results["dagster_1_worker"]),
+        },
+        "targets": {
+            "core/raw_copy": 0.6,
+            "dagster/raw_copy": 0.5,
+            "core/naive_pandas": 2.5,
+            "sqlite_rows_per_s": 20_000,
+            "chunk_step_peak_rss_mb": round(10 * arguments.chunk_bytes / 1e6 + 250, 1),
+        },
+    }
+    print(json.dumps(report, indent=None if arguments.json else 2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""A small run of the ingest benchmark so it never rots: every method loads the same file
+and reports its numbers. No wall-clock assertions (the machines are noisy)."""
+
+from __future__ import annotations
+
+import json
+
+from benchmarks import ingest as benchmark
+
+ROWS = 3000
+
+
+def test_every_method_ingests_the_same_rows_and_the_report_has_the_ratios(
+    tmp_path, capsys, postgres_database
+):
+    code = benchmark.main(
+        [
+            "--rows",
+            str(ROWS),
+            "--sensor-objects",
+            "250",
+            "--chunk-bytes",
+            str(1 << 20),
+            "--database-url",
+            postgres_database,
+            "--workdir",
+            str(tmp_path),
+            "--json",
+        ]
+    )
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+
+    assert report["raw_copy"]["rows"] == ROWS
+    valid = report["core"]["valid"]
+    assert 0.9 * ROWS < valid < ROWS  # ~5 % invalid rows, a few duplicate SKUs
+    assert report["core"]["rows"] == report["core"]["verified_row_count"] == ROWS
+    for method in ("naive_pandas", "dagster", "dagster_1_worker", "sqlite"):
+        assert report[method]["valid"] == valid, method
+    assert report["dagster"]["workers"] == 2 or report["cores"] == 1
+    assert report["dagster_1_worker"]["workers"] == 1
+    assert report["dagster"]["chunk_step_peak_rss_mb"] > 0
+    assert report["sensor"]["requested"] == 250
+    assert report["planning_mb_per_s"] > 0
+    assert set(report["ratios"]) == {
+        "core/raw_copy",
+        "dagster/raw_copy",
+        "core/naive_pandas",
+        "dagster/dagster_1_worker",
+    }
+    assert all(ratio > 0 for ratio in report["ratios"].values())
