@@ -1,6 +1,7 @@
 """End to end with the real daemon and webserver (`dagster dev` on 127.0.0.1, a temp
 DAGSTER_HOME): sensor-triggered runs, a partition backfill and a single-partition run
-launched through the webserver's GraphQL API."""
+launched through the webserver's GraphQL API, and the catalog audit the automation sensor
+launches once the ingests settle."""
 
 from __future__ import annotations
 
@@ -128,6 +129,22 @@ def wait_for(predicate, what: str, dagster: Dagster, timeout: float = TIMEOUT):
     pytest.fail(f"timed out waiting for {what}; dagster dev log tail:\n{log}")
 
 
+def materialization_run(dagster: Dagster, asset: str) -> str | None:
+    data = dagster.query(
+        "query($path: [String!]!) { assetOrError(assetKey: {path: $path}) { ... on Asset { "
+        "assetMaterializations(limit: 1) { runId } } } }",
+        path=[asset],
+    )["assetOrError"]
+    materializations = data.get("assetMaterializations") or []
+    return materializations[0]["runId"] if materializations else None
+
+
+def run_status(dagster: Dagster, run_id: str) -> str:
+    return dagster.query(
+        "query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }", id=run_id
+    )["runOrError"]["status"]
+
+
 def finished(runs: list[dict], count: int) -> bool:
     statuses = [run["status"] for run in runs]
     assert "FAILURE" not in statuses and "CANCELED" not in statuses, runs
@@ -148,6 +165,7 @@ def test_sensor_runs_backfill_and_single_partition_through_the_webserver(tmp_pat
             "CATALOG_DATABASE_URL": database,
             "CATALOG_CHUNK_BYTES": str(CHUNK_BYTES),
             "CATALOG_SENSOR_INTERVAL_SECONDS": "1",
+            "CATALOG_AUTOMATION_INTERVAL_SECONDS": "2",
         },
     )
     try:
@@ -181,6 +199,12 @@ def test_sensor_runs_backfill_and_single_partition_through_the_webserver(tmp_pat
                 connection.execute(select(source_files.c.object_key, source_files.c.status)).all()
             )
         assert statuses == {**dict.fromkeys(FILES, "completed"), "zeta_empty.csv": "rejected"}
+
+        # The audit follows on its own once the ingests settle (automation sensor).
+        audit_run = wait_for(
+            lambda: materialization_run(dagster, "catalog_quality"), "the catalog audit", dagster
+        )
+        wait_for(lambda: run_status(dagster, audit_run) == "SUCCESS", "the audit run", dagster)
 
         launched = dagster.query(
             "mutation($params: LaunchBackfillParams!) { launchPartitionBackfill(backfillParams: "
@@ -225,15 +249,7 @@ def test_sensor_runs_backfill_and_single_partition_through_the_webserver(tmp_pat
         assert single["__typename"] == "LaunchRunSuccess", single
         run_id = single["run"]["runId"]
         wait_for(
-            lambda: (
-                dagster.query(
-                    "query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }",
-                    id=run_id,
-                )["runOrError"]["status"]
-                == "SUCCESS"
-            ),
-            "the single-partition run",
-            dagster,
+            lambda: run_status(dagster, run_id) == "SUCCESS", "the single-partition run", dagster
         )
         assert dump(engine) == catalog
     finally:
