@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from catalog_pipeline.assets.classifications import item_classifications, reclassify_catalog_job
 from catalog_pipeline.assets.ingest import catalog_ingest
 from catalog_pipeline.assets.quality import catalog_quality
 from catalog_pipeline.jobs import catalog_ingest_job
@@ -15,15 +16,21 @@ from catalog_pipeline.schedules.retention import (
 )
 from catalog_pipeline.sensors.automation import catalog_automation_sensor
 from catalog_pipeline.sensors.objects import new_csv_objects_sensor
+from catalog_pipeline.sensors.pools import pool_limits_sensor
 
 
 def build_definitions(resources: dict | None = None) -> dg.Definitions:
     """Everything in the code location; `resources` replace the environment's defaults."""
     return dg.Definitions(
-        assets=[catalog_ingest, catalog_quality],
-        jobs=[catalog_ingest_job, invalid_log_retention_job, catalog_quality_job],
+        assets=[catalog_ingest, catalog_quality, item_classifications],
+        jobs=[
+            catalog_ingest_job,
+            invalid_log_retention_job,
+            catalog_quality_job,
+            reclassify_catalog_job,
+        ],
         schedules=[invalid_log_retention_schedule, catalog_quality_schedule],
-        sensors=[new_csv_objects_sensor, catalog_automation_sensor],
+        sensors=[new_csv_objects_sensor, catalog_automation_sensor, pool_limits_sensor],
         resources={**default_resources(), **(resources or {})},
         executor=dg.multi_or_in_process_executor,
     )

@@ -10,8 +10,23 @@ from sqlalchemy import Engine
 
 from catalog_pipeline.core.bucket import DEFAULT_BUCKET_URL, Bucket, S3Bucket, open_bucket
 from catalog_pipeline.core.chunking import DEFAULT_CHUNK_BYTES
+from catalog_pipeline.core.openai_classifier import DEFAULT_BASE_URL as DEFAULT_CLASSIFIER_URL
+from catalog_pipeline.core.openai_classifier import DEFAULT_MODEL as DEFAULT_CLASSIFIER_MODEL
 from catalog_pipeline.db.engine import make_engine, upgrade
-from catalog_pipeline.settings import BUCKET_URL, CHUNK_BYTES, DATABASE_URL, S3_ENDPOINT_URL
+from catalog_pipeline.resources.classifier import ClassifierResource
+from catalog_pipeline.settings import (
+    BUCKET_URL,
+    CHUNK_BYTES,
+    CLASSIFIER,
+    CLASSIFIER_BATCH_SIZE,
+    CLASSIFIER_MAX_RETRIES,
+    CLASSIFIER_OPENAI_API_KEY,
+    CLASSIFIER_OPENAI_BASE_URL,
+    CLASSIFIER_OPENAI_MODEL,
+    CLASSIFIER_TIMEOUT_SECONDS,
+    DATABASE_URL,
+    S3_ENDPOINT_URL,
+)
 
 _ENGINES: dict[str, Engine] = {}
 _ENGINES_LOCK = threading.Lock()
@@ -70,5 +85,14 @@ def default_resources() -> dict[str, dg.ConfigurableResource]:
         "catalog_db": CatalogDatabase(url=_env_or(DATABASE_URL, None)),
         "ingest_settings": IngestSettings(
             chunk_bytes=_env_or(CHUNK_BYTES, DEFAULT_CHUNK_BYTES, dg.EnvVar.int)
+        ),
+        "classifier": ClassifierResource(
+            kind=_env_or(CLASSIFIER, "keyword"),
+            openai_base_url=_env_or(CLASSIFIER_OPENAI_BASE_URL, DEFAULT_CLASSIFIER_URL),
+            openai_model=_env_or(CLASSIFIER_OPENAI_MODEL, DEFAULT_CLASSIFIER_MODEL),
+            openai_api_key=_env_or(CLASSIFIER_OPENAI_API_KEY, None),
+            batch_size=_env_or(CLASSIFIER_BATCH_SIZE, 20, dg.EnvVar.int),
+            timeout_seconds=_env_or(CLASSIFIER_TIMEOUT_SECONDS, 30, dg.EnvVar.int),
+            max_retries=_env_or(CLASSIFIER_MAX_RETRIES, 4, dg.EnvVar.int),
         ),
     }
