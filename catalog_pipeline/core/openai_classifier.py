@@ -116,16 +116,19 @@ class OpenAIClassifier:
                 {"role": "user", "content": user_prompt(items)},
             ],
         }
-        response = self._post(body)
+        payload = self._post(body)
         ids = [item.item_id for item in items]
         try:
+            response = json.loads(payload)
             content = response["choices"][0]["message"]["content"]
             return parse_answer(content, ids, self.taxonomy)
-        except (KeyError, IndexError, TypeError, AnswerError) as error:
-            reason = str(error) if isinstance(error, AnswerError) else "no message content"
-            return [Failed(item_id, f"malformed answer: {reason}") for item_id in ids]
+        except ValueError as error:  # includes AnswerError
+            reason = str(error) if isinstance(error, AnswerError) else "response is not JSON"
+        except (KeyError, IndexError, TypeError):
+            reason = "response has no choices[0].message.content"
+        return [Failed(item_id, f"malformed answer: {reason}") for item_id in ids]
 
-    def _post(self, body: dict) -> dict:
+    def _post(self, body: dict) -> bytes:
         data = json.dumps(body).encode("utf-8")
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self._api_key:
@@ -151,11 +154,7 @@ class OpenAIClassifier:
                 last = f"{type(error).__name__}: {getattr(error, 'reason', error)}"
                 retry_after = None
                 continue
-            try:
-                return json.loads(payload)
-            except ValueError:
-                # Not even JSON at the HTTP level: the batch's items fail, the run goes on.
-                return {"choices": [{"message": {"content": None}}]}
+            return payload
         raise ClassifierUnavailable(
             f"{self.url} (model {self.model}) failed {self.max_retries + 1} times; last: {last}"
         )
