@@ -1,7 +1,9 @@
 """End to end with the real daemon and webserver (`dagster dev` on 127.0.0.1, a temp
 DAGSTER_HOME): sensor-triggered runs, a partition backfill and a single-partition run
-launched through the webserver's GraphQL API, and the catalog audit the automation sensor
-launches once the ingests settle."""
+launched through the webserver's GraphQL API, the catalog audit the automation sensor
+launches once the ingests settle, and the classification runs that follow each ingest on
+their own (the `openai` classifier against a local chat-completions server), one step at a
+time (pool `classifier`, limit 1), never paying for an item twice."""
 
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from catalog_pipeline.core.bucket import LocalBucket
 from catalog_pipeline.core.samples import sample_csv
 from catalog_pipeline.db.engine import make_engine
 from catalog_pipeline.db.tables import source_files
+from tests.chat_server import ChatServer
 from tests.helpers import dump
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,6 +39,9 @@ FILES = {
     "big/gamma_2026-11-03T06-00-00.csv": sample_csv(300, seed=23, sku_prefix="G"),
 }
 TIMEOUT = 240
+# Each chat-completions request takes this long, so classification steps last seconds and
+# would overlap if the pool let them.
+CLASSIFIER_DELAY = 0.5
 
 
 class Dagster:
@@ -139,6 +145,24 @@ def materialization_run(dagster: Dagster, asset: str) -> str | None:
     return materializations[0]["runId"] if materializations else None
 
 
+def materializations(dagster: Dagster, asset: str) -> list[dict]:
+    data = dagster.query(
+        "query($path: [String!]!) { assetOrError(assetKey: {path: $path}) { ... on Asset { "
+        "assetMaterializations { runId partition } } } }",
+        path=[asset],
+    )["assetOrError"]
+    return data.get("assetMaterializations") or []
+
+
+def step_windows(dagster: Dagster, run_id: str, step_key: str) -> list[tuple[float, float]]:
+    stats = dagster.query(
+        "query($id: ID!) { runOrError(runId: $id) { ... on Run { stepStats { stepKey "
+        "startTime endTime } } } }",
+        id=run_id,
+    )["runOrError"]["stepStats"]
+    return [(s["startTime"], s["endTime"]) for s in stats if s["stepKey"] == step_key]
+
+
 def run_status(dagster: Dagster, run_id: str) -> str:
     return dagster.query(
         "query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }", id=run_id
@@ -158,6 +182,7 @@ def test_sensor_runs_backfill_and_single_partition_through_the_webserver(tmp_pat
     shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
     bucket = LocalBucket(tmp_path / "bucket")
     database = f"sqlite:///{tmp_path / 'catalog.sqlite'}"
+    model = ChatServer(delay=CLASSIFIER_DELAY).__enter__()
     dagster = Dagster(
         home,
         {
@@ -166,6 +191,11 @@ def test_sensor_runs_backfill_and_single_partition_through_the_webserver(tmp_pat
             "CATALOG_CHUNK_BYTES": str(CHUNK_BYTES),
             "CATALOG_SENSOR_INTERVAL_SECONDS": "1",
             "CATALOG_AUTOMATION_INTERVAL_SECONDS": "2",
+            "CLASSIFIER": "openai",
+            "CLASSIFIER_OPENAI_BASE_URL": model.base_url,
+            "CLASSIFIER_OPENAI_MODEL": "e2e-model",
+            "CLASSIFIER_OPENAI_API_KEY": "sk-e2e",
+            "CLASSIFIER_BATCH_SIZE": "20",
         },
     )
     try:
@@ -192,13 +222,47 @@ def test_sensor_runs_backfill_and_single_partition_through_the_webserver(tmp_pat
             == partitions
         )
         engine = make_engine(database)
-        catalog = dump(engine)
-        assert len(catalog["catalog_items"]) > 300
         with engine.connect() as connection:
             statuses = dict(
                 connection.execute(select(source_files.c.object_key, source_files.c.status)).all()
             )
         assert statuses == {**dict.fromkeys(FILES, "completed"), "zeta_empty.csv": "rejected"}
+
+        # Classification follows each ingest by itself (automation sensor), in runs of its
+        # own, one step at a time across runs (pool `classifier`, limit 1).
+        def all_classified():
+            found = materializations(dagster, "item_classifications")
+            return found if {m["partition"] for m in found} >= set(partitions) else None
+
+        classified = wait_for(all_classified, "the classification runs", dagster)
+        classification_runs = {m["runId"] for m in classified}
+        assert not classification_runs & {run["runId"] for run in sensor_runs}
+        wait_for(
+            lambda: all(run_status(dagster, run) == "SUCCESS" for run in classification_runs),
+            "the classification runs to succeed",
+            dagster,
+        )
+        windows = sorted(
+            window
+            for run_id in classification_runs
+            for window in step_windows(dagster, run_id, "item_classifications")
+        )
+        assert len(windows) == len(classification_runs) >= len(partitions)
+        assert all(
+            end <= next_start
+            for (_, end), (next_start, _) in zip(windows, windows[1:], strict=False)
+        )
+        assert model.max_in_flight == 1
+        pool = dagster.query(
+            '{ instance { concurrencyLimit(concurrencyKey: "classifier") { limit '
+            "usingDefaultLimit } } }"
+        )["instance"]["concurrencyLimit"]
+        assert pool == {"limit": 1, "usingDefaultLimit": False}
+        catalog = dump(engine)
+        assert len(catalog["catalog_items"]) > 300
+        assert len(catalog["item_classifications"]) == len(catalog["catalog_items"])
+        asked = sorted(item["id"] for item in model.items_asked())
+        assert asked == sorted(row[0] for row in catalog["catalog_items"])  # each item once
 
         # The audit follows on its own once the ingests settle (automation sensor).
         audit_run = wait_for(
@@ -252,5 +316,19 @@ def test_sensor_runs_backfill_and_single_partition_through_the_webserver(tmp_pat
             lambda: run_status(dagster, run_id) == "SUCCESS", "the single-partition run", dagster
         )
         assert dump(engine) == catalog
+
+        # The re-ingests were classified again by new runs (one per partition at least; a
+        # partition re-ingested twice in a row may be classified once), which found nothing
+        # changed: not one more item was sent to the model.
+        def reclassified():
+            runs = {m["runId"] for m in materializations(dagster, "item_classifications")}
+            return len(runs) >= len(classification_runs) + len(partitions) and all(
+                run_status(dagster, run) == "SUCCESS" for run in runs
+            )
+
+        wait_for(reclassified, "the classification runs after the re-ingests", dagster)
+        assert len(model.items_asked()) == len(asked)
+        assert dump(engine) == catalog
     finally:
         dagster.stop()
+        model.__exit__(None, None, None)
