@@ -7,6 +7,7 @@ fails an ingest), in pool `classifier` (limit 1: two runs never call the model a
 """
 
 import time
+from collections.abc import Sequence
 
 import dagster as dg
 
@@ -21,7 +22,8 @@ from catalog_pipeline.core.classification import (
 )
 from catalog_pipeline.db.classifications import (
     category_distribution,
-    select_items,
+    count_items,
+    iter_items,
     store_classifications,
 )
 from catalog_pipeline.resources.catalog import CatalogDatabase
@@ -61,7 +63,7 @@ def distribution_table(distribution: list[tuple[str, int]]) -> dg.TableMetadataV
 
 
 def classify_scope(
-    log,
+    log: dg.DagsterLogManager,
     config: ClassificationConfig,
     catalog_db: CatalogDatabase,
     resource: ClassifierResource,
@@ -79,45 +81,44 @@ def classify_scope(
     except ClassifierError as error:
         raise dg.Failure(description=str(error), allow_retries=False) from error
     engine = catalog_db.engine()
-    selection = select_items(engine, key, object_key, config.force, config.limit)
+    counts = count_items(engine, key, object_key, config.force)
+    planned = counts.pending if config.limit is None else min(config.limit, counts.pending)
     log.info(
-        f"{scope}: {selection.total:,} items, {selection.unchanged:,} unchanged, "
-        f"classifying {len(selection.items):,} with {key}"
+        f"{scope}: {counts.total:,} items, {counts.unchanged:,} unchanged, "
+        f"classifying {planned:,} with {key}"
     )
     stored = 0
 
-    def store(batch: list[ItemText], results: list[Classified]) -> None:
+    def store(batch: Sequence[ItemText], results: list[Classified]) -> None:
         nonlocal stored
         stored += store_classifications(engine, key, batch, results)
 
+    items = iter_items(engine, key, object_key, config.force, config.limit)
     try:
-        summary = classify_in_batches(classifier, selection.items, store)
+        summary = classify_in_batches(classifier, items, store)
     except ClassifierError as error:
         raise dg.Failure(
             description=f"{scope}: classifier {key} failed after storing {stored:,} of "
-            f"{len(selection.items):,} items (stored results are kept; the next run "
-            f"continues with the rest): {error}",
+            f"{planned:,} items (stored results are kept; the next run continues with the "
+            f"rest): {error}",
             metadata={"classifier": key, "classified": stored, "object_key": scope},
         ) from error
-    skus = {item.item_id: item.sku for item in selection.items}
-    for failure in summary.failed[:FAILURES_SHOWN]:
-        log.warning(f"{scope}: item {skus[failure.item_id]!r} not classified: {failure.reason}")
+    for sku, reason in summary.failures[:FAILURES_SHOWN]:
+        log.warning(f"{scope}: item {sku!r} not classified: {reason}")
     distribution = category_distribution(engine, key, object_key)
     metadata = {
         "classifier": key,
         "classified": summary.classified,
-        "skipped": selection.unchanged,
-        "failed": len(summary.failed),
-        "deferred": selection.deferred,
-        "items": selection.total,
+        "skipped": counts.unchanged,
+        "failed": summary.failed,
+        "deferred": counts.pending - summary.attempted,
+        "items": counts.total,
         "dagster/row_count": sum(count for _, count in distribution),
         "distribution": distribution_table(distribution),
         "seconds": round(time.monotonic() - started, 3),
     }
-    if summary.failed:
-        metadata["failures"] = dg.MetadataValue.json(
-            {skus[f.item_id]: f.reason for f in summary.failed[:FAILURES_SHOWN]}
-        )
+    if summary.failures:
+        metadata["failures"] = dg.MetadataValue.json(dict(summary.failures[:FAILURES_SHOWN]))
     if hasattr(classifier, "requests_made"):
         metadata["requests"] = classifier.requests_made
     return metadata

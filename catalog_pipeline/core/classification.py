@@ -15,6 +15,7 @@ import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
+from itertools import islice
 from typing import Protocol
 
 from catalog_pipeline.core.errors import CatalogError
@@ -317,27 +318,41 @@ def _validate_entry(item_id: int, entry: dict, taxonomy: Taxonomy) -> Outcome:
 # --- running a classifier over many items -------------------------------------------------
 
 
+FAILURES_KEPT = 100  # examples of failed items kept for the report (the count is exact)
+
+
 @dataclass(frozen=True, slots=True)
 class ClassificationSummary:
+    attempted: int
     classified: int
-    failed: tuple[Failed, ...]
+    failed: int
+    failures: tuple[tuple[str, str], ...]  # (sku, reason) of the first failed items
 
 
 def classify_in_batches(
     classifier: Classifier,
-    items: Sequence[ItemText],
+    items: Iterable[ItemText],
     store: Callable[[Sequence[ItemText], list[Classified]], None],
 ) -> ClassificationSummary:
-    """Classify `items` in the classifier's batch size, storing each batch's results before
-    asking for the next, so a failure later on never loses (or re-pays for) earlier batches."""
-    classified, failed = 0, []
+    """Classify `items` (read lazily) in the classifier's batch size, storing each batch's
+    results before asking for the next, so a failure later on never loses (or re-pays for)
+    earlier batches."""
+    attempted = classified = failed = 0
+    failures: list[tuple[str, str]] = []
     size = max(1, classifier.batch_size)
-    for start in range(0, len(items), size):
-        batch = items[start : start + size]
-        outcomes = classifier.classify(batch)
-        good = [outcome for outcome in outcomes if isinstance(outcome, Classified)]
-        failed.extend(outcome for outcome in outcomes if isinstance(outcome, Failed))
+    iterator = iter(items)
+    while batch := list(islice(iterator, size)):
+        attempted += len(batch)
+        skus = {item.item_id: item.sku for item in batch}
+        good = []
+        for outcome in classifier.classify(batch):
+            if isinstance(outcome, Classified):
+                good.append(outcome)
+            else:
+                failed += 1
+                if len(failures) < FAILURES_KEPT:
+                    failures.append((skus[outcome.item_id], outcome.reason))
         if good:
             store(batch, good)
         classified += len(good)
-    return ClassificationSummary(classified, tuple(failed))
+    return ClassificationSummary(attempted, classified, failed, tuple(failures))

@@ -9,7 +9,7 @@ the partition's object (`source_files.object_key`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import Engine, and_, case, func, or_, select
@@ -29,18 +29,16 @@ _results = item_classifications.c
 
 
 @dataclass(frozen=True, slots=True)
-class Selection:
-    """The items to classify now, and how the scope's items split up."""
+class ScopeCounts:
+    """How a scope's items split up for one classifier."""
 
-    items: list[ItemText]  # at most `limit`, in item id order
     total: int  # items in scope
     unchanged: int  # classified with this key and unchanged since (skipped unless forced)
-    pending: int  # items that need classifying (before `limit`)
 
     @property
-    def deferred(self) -> int:
-        """Pending items left for a later run because of `limit`."""
-        return self.pending - len(self.items)
+    def pending(self) -> int:
+        """Items that need classifying now."""
+        return self.total - self.unchanged
 
 
 def _scope(object_key: str | None):
@@ -54,55 +52,76 @@ def _scope(object_key: str | None):
     )
 
 
-def select_items(
+def _with_results(classifier: str):
+    return catalog_items.outerjoin(
+        item_classifications,
+        and_(_results.item_id == _items.id, _results.classifier == classifier),
+    )
+
+
+def _in_scope(object_key: str | None) -> list:
+    scope = _scope(object_key)
+    return [] if scope is None else [_items.id.in_(scope)]
+
+
+def count_items(
+    engine: Engine, classifier: str, object_key: str | None = None, force: bool = False
+) -> ScopeCounts:
+    """Items of `object_key`'s partition (or of the whole catalog), and how many of them
+    are unchanged since `classifier` (`name@version`) classified them (0 when forced)."""
+    unchanged = _results.input_hash == _items.content_hash
+    query = (
+        select(func.count(), func.coalesce(func.sum(case((unchanged, 1), else_=0)), 0))
+        .select_from(_with_results(classifier))
+        .where(*_in_scope(object_key))
+    )
+    with engine.connect() as connection:
+        total, unchanged_count = connection.execute(query).one()
+    return ScopeCounts(int(total), 0 if force else int(unchanged_count))
+
+
+def iter_items(
     engine: Engine,
     classifier: str,
     object_key: str | None = None,
     force: bool = False,
     limit: int | None = None,
-) -> Selection:
-    """The items of `object_key`'s partition (or of the whole catalog) to classify with
-    `classifier` (`name@version`): never classified with it, or changed since."""
-    joined = catalog_items.outerjoin(
-        item_classifications,
-        and_(_results.item_id == _items.id, _results.classifier == classifier),
-    )
-    scope = _scope(object_key)
-    in_scope = [] if scope is None else [_items.id.in_(scope)]
-    unchanged = _results.input_hash == _items.content_hash
+    page_size: int = 1000,
+) -> Iterator[ItemText]:
+    """The scope's items to classify with `classifier`, never classified with it or changed
+    since (every item when forced), in item id order, at most `limit`.
+
+    Read in pages by id (one short read per page), so a million-item scope never sits in
+    memory and results stored between pages do not disturb the iteration.
+    """
     needs = or_(_results.id.is_(None), _results.input_hash != _items.content_hash)
-    counts = select(
-        func.count(),
-        func.coalesce(func.sum(case((unchanged, 1), else_=0)), 0),
-    ).select_from(joined)
-    query = (
-        select(
-            _items.id,
-            _items.sku,
-            _items.name,
-            _items.brand,
-            _items.category,
-            _items.description,
-            _items.content_hash,
-        )
-        .select_from(joined)
-        .where(*in_scope)
-        .order_by(_items.id)
+    columns = (
+        _items.id,
+        _items.sku,
+        _items.name,
+        _items.brand,
+        _items.category,
+        _items.description,
+        _items.content_hash,
     )
+    base = select(*columns).select_from(_with_results(classifier)).where(*_in_scope(object_key))
     if not force:
-        query = query.where(needs)
-    if limit is not None:
-        query = query.limit(limit)
-    with engine.connect() as connection:
-        total, unchanged_count = connection.execute(counts.where(*in_scope)).one()
-        rows = connection.execute(query).all()
-    unchanged_count = 0 if force else int(unchanged_count)
-    return Selection(
-        items=[ItemText(*row) for row in rows],
-        total=int(total),
-        unchanged=unchanged_count,
-        pending=int(total) - unchanged_count,
-    )
+        base = base.where(needs)
+    remaining = limit
+    after = None
+    while remaining is None or remaining > 0:
+        size = page_size if remaining is None else min(page_size, remaining)
+        query = base.order_by(_items.id).limit(size)
+        if after is not None:
+            query = query.where(_items.id > after)
+        with engine.connect() as connection:
+            rows = connection.execute(query).all()
+        yield from (ItemText(*row) for row in rows)
+        if len(rows) < size:
+            return
+        after = rows[-1][0]
+        if remaining is not None:
+            remaining -= len(rows)
 
 
 def store_classifications(

@@ -21,6 +21,7 @@ from catalog_pipeline.assets.classifications import (
 from catalog_pipeline.assets.ingest import CATALOG_ITEMS
 from catalog_pipeline.assets.partitions import partition_key_for, source_csvs
 from catalog_pipeline.core.classification import KeywordClassifier, classifier_key
+from catalog_pipeline.db.classifications import count_items, iter_items, store_classifications
 from catalog_pipeline.db.tables import catalog_items
 from catalog_pipeline.db.tables import item_classifications as results_table
 from catalog_pipeline.definitions import build_definitions
@@ -378,3 +379,22 @@ def test_classification_runs_in_the_classifier_pool_and_the_sensor_sets_its_limi
 def test_the_classifier_key_is_name_at_version(kind):
     classifier = ClassifierResource(kind=kind).build()
     assert classifier_key(classifier).startswith(f"{kind}@")
+
+
+def test_items_are_read_in_pages_by_id_undisturbed_by_results_stored_meanwhile(
+    engine, local_bucket
+):
+    with dg.instance_for_test() as instance:
+        ingest(local_bucket, engine, instance, KEY, csv_bytes(PRODUCTS))
+    whole = [item.sku for item in iter_items(engine, KEYWORD, KEY)]
+    assert whole == [f"P-{i:03d}" for i in range(len(PRODUCTS))]
+    assert [i.sku for i in iter_items(engine, KEYWORD, KEY, limit=7, page_size=3)] == whole[:7]
+    classifier = KeywordClassifier()
+    seen = []
+    for item in iter_items(engine, KEYWORD, KEY, page_size=5):
+        seen.append(item.sku)
+        store_classifications(engine, KEYWORD, [item], classifier.classify([item]))
+    assert seen == whole
+    assert list(iter_items(engine, KEYWORD, KEY, page_size=5)) == []
+    assert count_items(engine, KEYWORD, KEY).pending == 0
+    assert len(list(iter_items(engine, KEYWORD, None, force=True, page_size=5))) == len(whole)

@@ -229,8 +229,9 @@ def test_classify_in_batches_stores_each_batch_before_the_next_and_keeps_them_on
             Flaky(), items, lambda batch, good: stored.append([g.item_id for g in good])
         )
     assert stored == [[0], [2]]  # the first two batches were stored before the failure
-    summary = classify_in_batches(Flaky(), items[:4], lambda batch, good: None)
-    assert summary.classified == 2 and [f.item_id for f in summary.failed] == [1, 3]
+    summary = classify_in_batches(Flaky(), iter(items[:4]), lambda batch, good: None)
+    assert (summary.attempted, summary.classified, summary.failed) == (4, 2, 2)
+    assert summary.failures == (("SKU-1", "no answer"), ("SKU-3", "no answer"))
 
 
 # --- the OpenAI-compatible client against a local server ----------------------------------
