@@ -42,6 +42,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from catalog_pipeline.core.chunking import ChunkPlan
 from catalog_pipeline.core.ingest import InvalidRecord
 from catalog_pipeline.core.items import StagedItem
+from catalog_pipeline.db.playcount import record_scrape_readings
 from catalog_pipeline.db.tables import (
     UtcDateTime,
     catalog_item_sources,
@@ -222,7 +223,8 @@ def write_chunk(
     run_id: str | None,
     seconds: float,
 ) -> None:
-    """Upsert a chunk's valid items and log its invalid rows; record the chunk result."""
+    """Upsert a chunk's valid items and their play counts (a `scrape` reading per item and
+    scrape day), log its invalid rows, and record the chunk result."""
     with engine.begin() as connection:
         file_row = connection.execute(
             select(
@@ -366,6 +368,7 @@ def _upsert_items(
             where=provenance.excluded.byte_offset > catalog_item_sources.c.byte_offset,
         )
     )
+    record_scrape_readings(connection, stage, file_row.observed_at.date(), now)
     if connection.dialect.name == "sqlite":
         stage.drop(connection)
 

@@ -227,5 +227,7 @@ provider_calls = Table(
     Column("latency_ms", Float),
     Column("quota_units", Integer, nullable=False, default=1),
     Column("error", Text),
+    # A 429's Retry-After as a moment: no drain calls the provider before it.
+    Column("retry_after_until", UtcDateTime),
     Index(None, "called_at"),
 )
