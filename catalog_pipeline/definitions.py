@@ -6,9 +6,17 @@ import dagster as dg
 
 from catalog_pipeline.assets.classifications import item_classifications, reclassify_catalog_job
 from catalog_pipeline.assets.ingest import catalog_ingest
+from catalog_pipeline.assets.playcount import playcount_history
 from catalog_pipeline.assets.quality import catalog_quality
 from catalog_pipeline.jobs import catalog_ingest_job
 from catalog_pipeline.resources.catalog import default_resources
+from catalog_pipeline.resources.provider import default_stats_provider
+from catalog_pipeline.schedules.playcount import (
+    backfill_reclaim_job,
+    backfill_reclaim_schedule,
+    playcount_maintenance_job,
+    playcount_maintenance_schedule,
+)
 from catalog_pipeline.schedules.quality import catalog_quality_job, catalog_quality_schedule
 from catalog_pipeline.schedules.retention import (
     invalid_log_retention_job,
@@ -22,16 +30,27 @@ from catalog_pipeline.sensors.pools import pool_limits_sensor
 def build_definitions(resources: dict | None = None) -> dg.Definitions:
     """Everything in the code location; `resources` replace the environment's defaults."""
     return dg.Definitions(
-        assets=[catalog_ingest, catalog_quality, item_classifications],
+        assets=[catalog_ingest, catalog_quality, item_classifications, playcount_history],
         jobs=[
             catalog_ingest_job,
             invalid_log_retention_job,
             catalog_quality_job,
             reclassify_catalog_job,
+            backfill_reclaim_job,
+            playcount_maintenance_job,
         ],
-        schedules=[invalid_log_retention_schedule, catalog_quality_schedule],
+        schedules=[
+            invalid_log_retention_schedule,
+            catalog_quality_schedule,
+            backfill_reclaim_schedule,
+            playcount_maintenance_schedule,
+        ],
         sensors=[new_csv_objects_sensor, catalog_automation_sensor, pool_limits_sensor],
-        resources={**default_resources(), **(resources or {})},
+        resources={
+            **default_resources(),
+            "stats_provider": default_stats_provider(),
+            **(resources or {}),
+        },
         executor=dg.multi_or_in_process_executor,
     )
 
