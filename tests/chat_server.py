@@ -45,9 +45,15 @@ class ChatServer:
         self,
         answer: Callable[[dict], dict] = scraper_category,
         delay: float = 0.0,
+        hold_first: float = 0.0,
     ) -> None:
         self.answer = answer  # item -> its entry in the answer
         self.delay = delay  # seconds spent on each request (to make overlaps visible)
+        # The first request is held until a second one is in flight or this many seconds
+        # pass: callers allowed to overlap certainly do, callers that are not lose only this.
+        self.hold_first = hold_first
+        self._company = threading.Event()
+        self._first_taken = False
         self.script: list[tuple[int, bytes, dict]] = []
         self.stalls: list[float] = []  # extra seconds for the next requests, one each
         self.requests: list[dict] = []
@@ -65,6 +71,11 @@ class ChatServer:
                 with server._lock:
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                    if server.in_flight > 1:
+                        server._company.set()
+                    first, server._first_taken = not server._first_taken, True
+                if first and server.hold_first:
+                    server._company.wait(server.hold_first)
                 try:
                     length = int(self.headers.get("Content-Length", 0))
                     body = json.loads(self.rfile.read(length))

@@ -39,9 +39,9 @@ FILES = {
     "big/gamma_2026-11-03T06-00-00.csv": sample_csv(300, seed=23, sku_prefix="G"),
 }
 TIMEOUT = 240
-# Each chat-completions request takes this long, so classification steps last seconds and
-# would overlap if the pool let them.
-CLASSIFIER_DELAY = 0.5
+# The model server holds its first request until a second one arrives (or this long), so
+# two classification steps that are allowed to overlap certainly do.
+CLASSIFIER_HOLD = 15.0
 
 
 class Dagster:
@@ -95,6 +95,18 @@ class Dagster:
             )
 
         wait_for(loaded, "the code location to load", self)
+
+    def sensor_ticked(self, name: str) -> bool:
+        data = self.query(
+            "query($selector: SensorSelector!) { sensorOrError(sensorSelector: $selector) { "
+            "... on Sensor { sensorState { ticks(limit: 1) { status } } } } }",
+            selector={
+                "repositoryLocationName": "catalog_pipeline",
+                "repositoryName": "__repository__",
+                "sensorName": name,
+            },
+        )["sensorOrError"]
+        return bool(data.get("sensorState", {}).get("ticks"))
 
     def runs(self, tag_key: str, tag_value: str) -> list[dict]:
         data = self.query(
@@ -182,7 +194,7 @@ def test_sensor_runs_backfill_and_single_partition_through_the_webserver(tmp_pat
     shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
     bucket = LocalBucket(tmp_path / "bucket")
     database = f"sqlite:///{tmp_path / 'catalog.sqlite'}"
-    model = ChatServer(delay=CLASSIFIER_DELAY).__enter__()
+    model = ChatServer(delay=0.1, hold_first=CLASSIFIER_HOLD).__enter__()
     dagster = Dagster(
         home,
         {
@@ -200,6 +212,14 @@ def test_sensor_runs_backfill_and_single_partition_through_the_webserver(tmp_pat
     )
     try:
         dagster.wait_ready()
+        # Automation conditions observe from their first evaluation on: an ingest that
+        # finished before it is history, not news (a new deployment classifies what is
+        # already there with `reclassify_catalog_job`). So the files land after it.
+        wait_for(
+            lambda: dagster.sensor_ticked("catalog_automation_sensor"),
+            "the automation sensor's first tick",
+            dagster,
+        )
         for key, data in FILES.items():
             bucket.put(key, data)
         bucket.put("zeta_empty.csv", b"")  # rejected by the sensor, which carries on
