@@ -124,7 +124,8 @@ def catalog_quality(
     started = time.monotonic()
     engine = catalog_db.engine()
     now = config.as_of()
-    audits = audit(source_stats(engine, config.rules()), config.rules(), now)
+    rules = config.rules()
+    audits = audit(source_stats(engine, rules), rules, now)
     rates = completed_file_rates(engine, now - timedelta(days=CHART_DAYS))
     chart = render_invalid_rate_chart(
         daily_invalid_rates((f.source, f.observed_at, f.rows_total, f.rows_invalid) for f in rates)

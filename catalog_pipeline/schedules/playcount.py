@@ -10,6 +10,7 @@ from catalog_pipeline.assets.playcount import (
 )
 from catalog_pipeline.db.playcount import reclaim
 from catalog_pipeline.resources.catalog import CatalogDatabase
+from catalog_pipeline.schedules import utc_schedule
 
 
 @dg.op(pool="catalog_db")
@@ -39,13 +40,7 @@ def backfill_reclaim_job():
     reclaim_backfill_queue()
 
 
-backfill_reclaim_schedule = dg.ScheduleDefinition(
-    name="backfill_reclaim_schedule",
-    job=backfill_reclaim_job,
-    cron_schedule="15 * * * *",
-    execution_timezone="UTC",
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-)
+backfill_reclaim_schedule = utc_schedule(backfill_reclaim_job, "15 * * * *")
 
 playcount_maintenance_job = dg.define_asset_job(
     "playcount_maintenance_job",
@@ -54,10 +49,4 @@ playcount_maintenance_job = dg.define_asset_job(
 )
 
 # Early in the UTC day: the provider's quota has just been renewed.
-playcount_maintenance_schedule = dg.ScheduleDefinition(
-    name="playcount_maintenance_schedule",
-    job=playcount_maintenance_job,
-    cron_schedule="30 0 * * *",
-    execution_timezone="UTC",
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-)
+playcount_maintenance_schedule = utc_schedule(playcount_maintenance_job, "30 0 * * *")

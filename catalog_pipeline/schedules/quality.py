@@ -4,6 +4,7 @@
 import dagster as dg
 
 from catalog_pipeline.assets.quality import CATALOG_QUALITY
+from catalog_pipeline.schedules import utc_schedule
 
 catalog_quality_job = dg.define_asset_job(
     "catalog_quality_job",
@@ -11,10 +12,4 @@ catalog_quality_job = dg.define_asset_job(
     description="Audit the catalog per source (prices, nulls, weights, names, staleness).",
 )
 
-catalog_quality_schedule = dg.ScheduleDefinition(
-    name="catalog_quality_schedule",
-    job=catalog_quality_job,
-    cron_schedule="0 10 * * *",
-    execution_timezone="UTC",
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-)
+catalog_quality_schedule = utc_schedule(catalog_quality_job, "0 10 * * *")

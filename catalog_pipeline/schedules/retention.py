@@ -13,6 +13,7 @@ from catalog_pipeline.db.retention import (
     delete_expired_provider_calls,
 )
 from catalog_pipeline.resources.catalog import CatalogDatabase
+from catalog_pipeline.schedules import utc_schedule
 
 
 class RetentionConfig(dg.Config):
@@ -64,10 +65,4 @@ def invalid_log_retention_job():
     delete_expired_rows()
 
 
-invalid_log_retention_schedule = dg.ScheduleDefinition(
-    name="invalid_log_retention_schedule",
-    job=invalid_log_retention_job,
-    cron_schedule="0 9 * * *",
-    execution_timezone="UTC",
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-)
+invalid_log_retention_schedule = utc_schedule(invalid_log_retention_job, "0 9 * * *")
