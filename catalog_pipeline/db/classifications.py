@@ -13,9 +13,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import Engine, and_, case, func, or_, select
-from sqlalchemy.dialects import postgresql, sqlite
 
 from catalog_pipeline.core.classification import Classified, ItemText
+from catalog_pipeline.db.engine import dialect_insert
 from catalog_pipeline.db.tables import (
     catalog_item_sources,
     catalog_items,
@@ -145,8 +145,7 @@ def store_classifications(
     if not rows:
         return 0
     with engine.begin() as connection:
-        insert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
-        statement = insert(item_classifications)
+        statement = dialect_insert(connection)(item_classifications)
         statement = statement.on_conflict_do_update(
             index_elements=[_results.item_id, _results.classifier],
             set_={

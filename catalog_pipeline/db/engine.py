@@ -7,11 +7,17 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 DEFAULT_SQLITE_FILE = "catalog.sqlite"
+
+
+def dialect_insert(connection: Connection):
+    """`insert` of the connection's dialect, the one with `on_conflict_do_…` (upserts)."""
+    return postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
 
 
 def default_database_url() -> str:

@@ -37,11 +37,11 @@ from sqlalchemy import (
     tuple_,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 
 from catalog_pipeline.core.chunking import ChunkPlan
 from catalog_pipeline.core.ingest import InvalidRecord
 from catalog_pipeline.core.items import StagedItem
+from catalog_pipeline.db.engine import dialect_insert
 from catalog_pipeline.db.playcount import record_scrape_readings
 from catalog_pipeline.db.tables import (
     UtcDateTime,
@@ -86,10 +86,6 @@ _STAGE_TYPES = {
 }
 
 
-def _insert(connection: Connection):
-    return postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
-
-
 @dataclass(frozen=True, slots=True)
 class SourceObject:
     """The version of an object being ingested, as HEAD reported it."""
@@ -118,7 +114,7 @@ class FileSummary:
 
 
 def _upsert_file(connection: Connection, obj: SourceObject, values: dict) -> int:
-    insert = _insert(connection)
+    insert = dialect_insert(connection)
     row = {
         "object_key": obj.object_key,
         "etag": obj.etag,
@@ -175,7 +171,7 @@ def record_plan(
                 "run_id": run_id,
             },
         )
-        insert = _insert(connection)
+        insert = dialect_insert(connection)
         for chunk in plan.chunks:
             planned = {"byte_start": chunk.start, "byte_end": chunk.end}
             connection.execute(
@@ -332,7 +328,7 @@ def _upsert_items(
     _fill_stage(connection, stage, rows)
 
     now = utcnow()
-    insert = _insert(connection)
+    insert = dialect_insert(connection)
     source_columns = [stage.c[name] for name in ITEM_COLUMNS]
     statement = insert(catalog_items).from_select(
         [*ITEM_COLUMNS, "first_seen_at", "updated_at"],
@@ -393,7 +389,7 @@ def _log_invalid(
         }
         for row in invalid
     ]
-    statement = _insert(connection)(invalid_item_logs).on_conflict_do_nothing(
+    statement = dialect_insert(connection)(invalid_item_logs).on_conflict_do_nothing(
         index_elements=["source_file_id", "byte_offset"]
     )
     connection.execute(statement, rows)

@@ -32,7 +32,6 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 
 from catalog_pipeline.core.playcount import (
     ABANDONED,
@@ -50,6 +49,7 @@ from catalog_pipeline.core.playcount import (
     ProviderResponse,
     day_bounds,
 )
+from catalog_pipeline.db.engine import dialect_insert
 from catalog_pipeline.db.tables import (
     UtcDateTime,
     catalog_items,
@@ -66,10 +66,6 @@ _ERROR_CHARS = 2_000
 queue = playcount_backfill_queue
 
 
-def _insert(connection: Connection):
-    return postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
-
-
 def record_scrape_readings(
     connection: Connection, stage: Table, measured_on: date, now: datetime
 ) -> None:
@@ -79,7 +75,7 @@ def record_scrape_readings(
     counts only grow, so the highest reading of a day is its latest, and the result does
     not depend on the order chunks and files are ingested in. A re-run writes nothing.
     """
-    statement = _insert(connection)(playcount_measurements).from_select(
+    statement = dialect_insert(connection)(playcount_measurements).from_select(
         ["item_id", "origin", "measured_on", "play_count", "recorded_at"],
         select(
             catalog_items.c.id,
@@ -127,7 +123,7 @@ def enqueue_missing(engine: Engine, now: datetime) -> EnqueueResult:
     )
     queued = exists().where(queue.c.item_id == catalog_items.c.id)
     with engine.begin() as connection:
-        statement = _insert(connection)(queue).from_select(
+        statement = dialect_insert(connection)(queue).from_select(
             ["item_id", "status", "rank_score", "attempts", "created_at", "updated_at"],
             select(
                 catalog_items.c.id,
@@ -369,7 +365,7 @@ def _write_provider_readings(
         for reading in decision.readings
     ]
     connection.execute(
-        _insert(connection)(playcount_measurements).on_conflict_do_nothing(
+        dialect_insert(connection)(playcount_measurements).on_conflict_do_nothing(
             index_elements=["item_id", "origin", "measured_on"]
         ),
         rows,
