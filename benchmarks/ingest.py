@@ -32,7 +32,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 KEY = "bench_2026-01-01T00-00-00.csv"
 COPYABLE_KINDS = ("sku", "url", "price", "weight", "private", "name")  # not "columns"
-METHODS = ("raw_copy", "naive_pandas", "core", "dagster", "dagster_1_worker", "sqlite")
+METHODS = (
+    "raw_copy",
+    "naive_pandas",
+    "core",
+    "core_1_worker",
+    "dagster",
+    "dagster_1_worker",
+    "sqlite",
+)
 
 
 def _peak_rss_mb(who: int = resource.RUSAGE_SELF) -> float:
@@ -153,19 +161,22 @@ def naive_pandas(path: Path, url: str) -> dict:
     return _result(len(frame), path.stat().st_size, seconds, valid=len(valid))
 
 
-def core(path: Path, url: str, chunk_bytes: int) -> dict:
+def core(path: Path, url: str, chunk_bytes: int, workers: int) -> dict:
     from catalog_pipeline.core.bucket import LocalBucket
     from catalog_pipeline.ingest import ingest_object
 
     engine = _fresh_engine(url)
     bucket = LocalBucket(path.parent)
     started = time.perf_counter()
-    summary, _ = ingest_object(bucket, engine, path.name, chunk_bytes)
+    summary, _ = ingest_object(bucket, engine, path.name, chunk_bytes, workers=workers)
     seconds = time.perf_counter() - started
     return _result(
         summary.rows_total,
         path.stat().st_size,
         seconds,
+        workers=workers,
+        # With workers, the chunks run in child processes: their largest high-water mark.
+        worker_peak_rss_mb=_peak_rss_mb(resource.RUSAGE_CHILDREN) if workers > 1 else None,
         valid=summary.rows_valid,
         invalid=summary.rows_invalid,
         verified_row_count=summary.verified_row_count,
@@ -319,9 +330,12 @@ def _run_method(arguments: argparse.Namespace) -> dict:
     if method == "naive_pandas":
         return naive_pandas(path, arguments.database_url)
     if method == "core":
-        return core(path, arguments.database_url, arguments.chunk_bytes)
+        return core(path, arguments.database_url, arguments.chunk_bytes, arguments.workers)
+    if method == "core_1_worker":
+        return core(path, arguments.database_url, arguments.chunk_bytes, 1)
     if method == "sqlite":
-        return core(path, f"sqlite:///{path.parent.parent / 'bench.sqlite'}", arguments.chunk_bytes)
+        sqlite_url = f"sqlite:///{path.parent.parent / 'bench.sqlite'}"
+        return core(path, sqlite_url, arguments.chunk_bytes, arguments.workers)
     if method == "dagster":
         return dagster(path, arguments.database_url, arguments.chunk_bytes, arguments.workers)
     if method == "dagster_1_worker":
@@ -409,6 +423,7 @@ def main(argv: list[str] | None = None) -> int:
             "core/raw_copy": _ratio(results["core"], results["raw_copy"]),
             "dagster/raw_copy": _ratio(results["dagster"], results["raw_copy"]),
             "core/naive_pandas": _ratio(results["core"], results["naive_pandas"]),
+            "core/core_1_worker": _ratio(results["core"], results["core_1_worker"]),
             "dagster/dagster_1_worker": _ratio(results["dagster"], results["dagster_1_worker"]),
         },
         "targets": {

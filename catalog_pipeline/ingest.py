@@ -6,8 +6,11 @@ core-only path (benchmarks, tests). Both write the same rows.
 
 from __future__ import annotations
 
+import functools
+import multiprocessing
 import time
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 from sqlalchemy import Engine
@@ -19,6 +22,7 @@ from catalog_pipeline.core.ingest import ChunkOutcome, process_chunk_bytes
 from catalog_pipeline.core.naming import parse_object_key
 from catalog_pipeline.core.validation import HeaderMapping, MissingColumnsError, map_header
 from catalog_pipeline.db import ingest as db
+from catalog_pipeline.db.engine import make_engine
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,11 +153,44 @@ def finalize(engine: Engine, planned: PlannedFile) -> db.FileSummary:
 
 
 def ingest_object(
-    bucket: Bucket, engine: Engine, key: str, chunk_bytes: int, run_id: str | None = None
+    bucket: Bucket,
+    engine: Engine,
+    key: str,
+    chunk_bytes: int,
+    run_id: str | None = None,
+    workers: int = 1,
 ) -> tuple[db.FileSummary, Counter]:
-    """Plan, process every chunk and finalize, in this process (the core-only path)."""
+    """Plan, process every chunk and finalize: the core-only path (no Dagster).
+
+    With `workers` > 1 the chunks run in that many worker processes (as the Dagster
+    multiprocess executor runs chunk steps); the bucket must then be picklable and the
+    engine's URL must reach the same database from another process.
+    """
     planned = plan_object(bucket, engine, key, chunk_bytes, run_id)
     reasons: Counter = Counter()
-    for chunk in planned.chunks:
-        reasons.update(ingest_chunk(bucket, engine, planned, chunk, run_id).reasons)
+    workers = min(workers, len(planned.chunks))
+    if workers <= 1:
+        for chunk in planned.chunks:
+            reasons.update(ingest_chunk(bucket, engine, planned, chunk, run_id).reasons)
+        return finalize(engine, planned), reasons
+    url = engine.url.render_as_string(hide_password=False)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        futures = [
+            pool.submit(_ingest_chunk_in_worker, bucket, url, planned, chunk, run_id)
+            for chunk in planned.chunks
+        ]
+        for future in futures:
+            reasons.update(future.result().reasons)
     return finalize(engine, planned), reasons
+
+
+@functools.cache
+def _worker_engine(url: str) -> Engine:
+    return make_engine(url)
+
+
+def _ingest_chunk_in_worker(
+    bucket: Bucket, url: str, planned: PlannedFile, chunk: ByteRange, run_id: str | None
+) -> ChunkReport:
+    return ingest_chunk(bucket, _worker_engine(url), planned, chunk, run_id)

@@ -22,6 +22,10 @@ class ObjectChangedError(CatalogError):
         super().__init__(message + (f": {detail}" if detail else ""))
         self.object_key = object_key
         self.planned_etag = planned_etag
+        self.detail = detail
+
+    def __reduce__(self):  # crosses process boundaries (chunk workers) intact
+        return type(self), (self.object_key, self.planned_etag, self.detail)
 
 
 class ChunkError(CatalogError):
@@ -33,3 +37,6 @@ class ChunkError(CatalogError):
         self.chunk_index = chunk_index
         self.byte_offset = byte_offset
         self.reason = reason
+
+    def __reduce__(self):
+        return type(self), (self.object_key, self.chunk_index, self.byte_offset, self.reason)

@@ -1,17 +1,23 @@
 """Turn one planned byte range into records with their byte offsets.
 
-A chunk starts on a record boundary, so the scan starts outside quotes. Each record is
-decoded on its own: an undecodable record becomes an `encoding_error` record instead of
-failing the chunk, and its neighbours are unaffected.
+A chunk starts on a record boundary, so the scan starts outside quotes. The usual chunk
+(valid UTF-8, LF or CRLF line ends, every quote closed) is decoded once and read by one
+`csv.reader` pass over the whole text, with the record offsets from the scanner. Anything
+else takes the careful path, which decodes each record on its own: an undecodable record
+becomes an `encoding_error` record instead of failing the chunk, and its neighbours are
+unaffected. Both paths yield the same records.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from catalog_pipeline.core.records import RecordScanner, is_blank_record
+import numpy as np
+
+from catalog_pipeline.core.records import CR, RecordScanner
 
 MALFORMED_ROW = "malformed_row"
 ENCODING_ERROR = "encoding_error"
@@ -52,23 +58,51 @@ def read_chunk(data: bytes, base: int, at_end_of_object: bool = True) -> ChunkRe
     quote never closes is `malformed_row` when the range ends the object.
     """
     scanner = RecordScanner()
-    ends = scanner.feed(data, base).tolist()
-    spans: list[tuple[int, int]] = []
-    start = base
-    for end in ends:
-        if not is_blank_record(data, start - base, end - base):
-            spans.append((start, end))
-        start = end + 1
-    tail_end = base + len(data)
-    unterminated = False
-    if start < tail_end and not is_blank_record(data, start - base, tail_end - base):
-        spans.append((start, tail_end))
-        unterminated = scanner.inside_quotes and at_end_of_object
-    records = list(_parse(data, base, spans))
-    if unterminated:
-        last = records[-1]
-        records[-1] = Record(last.offset, last.end, None, MALFORMED_ROW)
+    starts, ends = _record_spans(data, base, scanner.feed(data, base))
+    records = None
+    if not scanner.inside_quotes:
+        records = _parse_whole(data, starts, ends)
+    if records is None:
+        records = list(_parse(data, base, list(zip(starts, ends, strict=True))))
+        if scanner.inside_quotes and at_end_of_object and records:
+            last = records[-1]
+            records[-1] = Record(last.offset, last.end, None, MALFORMED_ROW)
     return ChunkRecords(records=records, data=data, base=base)
+
+
+def _record_spans(data: bytes, base: int, newlines: np.ndarray) -> tuple[list[int], list[int]]:
+    """Absolute (start, end) of every non-blank record; the last may end without an LF."""
+    size = len(data)
+    starts = np.empty(len(newlines) + 1, dtype=np.int64)
+    starts[0] = base
+    starts[1:] = newlines + 1
+    ends = np.append(newlines, base + size)
+    if starts[-1] >= base + size:  # the data ends with an LF: no tail record
+        starts, ends = starts[:-1], ends[:-1]
+    lengths = ends - starts
+    blank = lengths == 0
+    single = np.flatnonzero(lengths == 1)
+    if len(single):
+        bytes_ = np.frombuffer(data, dtype=np.uint8)
+        blank[single] = bytes_[starts[single] - base] == CR
+    keep = ~blank
+    return starts[keep].tolist(), ends[keep].tolist()
+
+
+def _parse_whole(data: bytes, starts: list[int], ends: list[int]) -> list[Record] | None:
+    """One decode and one `csv` pass over the whole chunk, or None when the careful path
+    must decide (invalid UTF-8, a bare CR, a field over the csv size limit, or any
+    disagreement with the scanner about where records end)."""
+    if data.count(b"\r") != data.count(b"\r\n"):
+        return None  # a bare CR ends a line for csv but not for the scanner
+    try:
+        text = data.decode("utf-8")
+        rows = [row for row in csv.reader(io.StringIO(text, newline="")) if row]
+    except (UnicodeDecodeError, csv.Error):
+        return None
+    if len(rows) != len(starts):
+        return None
+    return list(map(Record, starts, ends, rows))
 
 
 def _parse(data: bytes, base: int, spans: list[tuple[int, int]]) -> Iterator[Record]:

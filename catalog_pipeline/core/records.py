@@ -95,8 +95,3 @@ class RecordScanner:
         inside = (slot >= 0) & (newlines < ends[np.maximum(slot, 0)])
         return newlines[~inside].astype(np.int64) + base
 
-
-def is_blank_record(data: bytes | memoryview, start: int, end: int) -> bool:
-    """True when data[start:end] (a record without its LF) is empty or a lone CR."""
-    length = end - start
-    return length == 0 or (length == 1 and data[start] == CR)

@@ -5,7 +5,9 @@ are written in one transaction, so a killed step leaves either all of it or none
 
 Upserts go through a temporary staging table: Postgres fills it with COPY, SQLite with
 one executemany; then a single `INSERT … SELECT … ON CONFLICT (sku) DO UPDATE … WHERE`
-applies the precedence rule. A row replaces the stored item only when its
+applies the precedence rule. Every insert walks its rows in key order (SKU, then item
+id), so chunks of one file that share SKUs and run at the same time lock those rows in
+the same order and wait for each other instead of deadlocking. A row replaces the stored item only when its
 (observed_at, object_key, source_file_id, source_offset) is greater. `source_file_id`
 (an increasing id per object version) sits before the byte offset so that a new version
 of a timestamped key wins over the old version even where its row moved to a lower offset.
@@ -324,6 +326,8 @@ def _upsert_items(
         item.as_row(file_row.source, file_row.observed_at, file_row.object_key, source_file_id)
         for item in latest.values()
     ]
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql("SET LOCAL work_mem = '64MB'")  # sorts a chunk in memory
     stage = _stage_table(connection)
     _fill_stage(connection, stage, rows)
 
@@ -332,7 +336,9 @@ def _upsert_items(
     source_columns = [stage.c[name] for name in ITEM_COLUMNS]
     statement = insert(catalog_items).from_select(
         [*ITEM_COLUMNS, "first_seen_at", "updated_at"],
-        select(*source_columns, literal(now, UtcDateTime), literal(now, UtcDateTime)).where(true()),
+        select(*source_columns, literal(now, UtcDateTime), literal(now, UtcDateTime))
+        .where(true())
+        .order_by(stage.c.sku),
     )
     excluded = statement.excluded
     precedence = ("observed_at", "object_key", "source_file_id", "source_offset")
@@ -353,7 +359,9 @@ def _upsert_items(
             stage.c.source_file_id,
             stage.c.source_offset,
             literal(now, UtcDateTime),
-        ).where(catalog_items.c.sku == stage.c.sku),
+        )
+        .where(catalog_items.c.sku == stage.c.sku)
+        .order_by(catalog_items.c.id),
     )
     # A SKU twice in one file: provenance points at its last record (the one precedence
     # keeps), whichever chunk happens to finish first.

@@ -83,7 +83,9 @@ def record_scrape_readings(
             literal(measured_on, Date),
             stage.c.play_count,
             literal(now, UtcDateTime),
-        ).where(catalog_items.c.sku == stage.c.sku, stage.c.play_count.is_not(None)),
+        )
+        .where(catalog_items.c.sku == stage.c.sku, stage.c.play_count.is_not(None))
+        .order_by(catalog_items.c.id),  # lock order: see db/ingest.py
     )
     excluded = statement.excluded
     connection.execute(

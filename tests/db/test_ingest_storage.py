@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import itertools
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from sqlalchemy import func, select
 
+from catalog_pipeline.core.ingest import process_chunk_bytes
 from catalog_pipeline.core.samples import sample_csv
+from catalog_pipeline.core.validation import map_header
 from catalog_pipeline.db.engine import current_revision, upgrade
+from catalog_pipeline.db.ingest import write_chunk
 from catalog_pipeline.db.tables import catalog_items, invalid_item_logs, source_files
 from catalog_pipeline.ingest import finalize, ingest_chunk, ingest_object, plan_object
 from tests.helpers import dump
@@ -127,3 +132,62 @@ def test_empty_object_is_rejected_with_a_reason(engine, local_bucket):
     local_bucket.put("empty.csv", b"")
     summary, _ = ingest_object(local_bucket, engine, "empty.csv", 1024)
     assert summary.status == "rejected" and "empty" in summary.rejected_reason
+
+
+def test_concurrent_chunks_sharing_skus_do_not_deadlock(postgres_engine, local_bucket):
+    """Two chunks of one file holding the same SKUs in opposite orders, written at the same
+    moment (as parallel chunk steps do): both commit, and the later records win."""
+    count = 3000
+    forward = "".join(f"S{i:05d},first-{i},https://a.example/{i},1\n" for i in range(count))
+    backward = "".join(
+        f"S{i:05d},later-{i},https://a.example/{i},2\n" for i in reversed(range(count))
+    )
+    key = "shop_2026-01-01T00-00-00.csv"
+    local_bucket.put(key, (HEADER + forward + backward).encode())
+    planned = plan_object(local_bucket, postgres_engine, key, len(HEADER) + len(forward))
+    assert len(planned.chunks) == 2
+    mapping = map_header(planned.header)
+    outcomes = []
+    for chunk in planned.chunks:
+        data = local_bucket.read_range(planned.info, chunk.start, chunk.end)
+        outcomes.append(process_chunk_bytes(data, chunk.start, mapping, chunk.index == 1))
+
+    def write(index: int, barrier: threading.Barrier, run_id: str) -> None:
+        barrier.wait()
+        outcome = outcomes[index]
+        write_chunk(
+            postgres_engine,
+            planned.source_file_id,
+            index,
+            outcome.items,
+            outcome.invalid,
+            run_id,
+            0,
+        )
+
+    for attempt in range(3):
+        barrier = threading.Barrier(2)
+        with ThreadPoolExecutor(2) as pool:
+            futures = [pool.submit(write, index, barrier, f"run-{attempt}") for index in (0, 1)]
+            for future in futures:
+                future.result()  # a deadlock raises here
+    summary = finalize(postgres_engine, planned)
+    assert (summary.status, summary.rows_valid) == ("completed", 2 * count)
+    items = _items(postgres_engine)
+    assert len(items) == count
+    assert all(name == f"later-{int(sku[1:])}" for sku, (name, _) in items.items())
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_core_ingest_with_worker_processes_equals_one_process(engine, local_bucket, workers):
+    """`ingest_object(workers=2)` runs the chunks in two processes; the tables are the same."""
+    key = "shop_2026-01-01T00-00-00.csv"
+    local_bucket.put(key, sample_csv(600, seed=5))
+    summary, reasons = ingest_object(local_bucket, engine, key, 16 * 1024, workers=workers)
+    assert summary.status == "completed"
+    assert summary.chunks_total > 4
+    assert summary.rows_total == summary.verified_row_count == 600
+    assert sum(reasons.values()) >= summary.rows_invalid > 0
+    before = dump(engine)
+    ingest_object(local_bucket, engine, key, 16 * 1024, workers=workers)
+    assert dump(engine) == before
