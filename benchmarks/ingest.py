@@ -26,6 +26,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -45,6 +46,56 @@ METHODS = (
 
 def _peak_rss_mb(who: int = resource.RUSAGE_SELF) -> float:
     return round(resource.getrusage(who).ru_maxrss / 1024, 1)
+
+
+class DescendantPeakRss:
+    """Watches every descendant process while running: the largest peak RSS (VmHWM) any
+    one of them reached. Linux only (reads /proc); 0 elsewhere.
+
+    Worker processes forked from a fork server are not our children, so
+    `RUSAGE_CHILDREN` does not see them."""
+
+    def __init__(self, interval: float = 0.2) -> None:
+        self.interval = interval
+        self.peak_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            for pid in _descendants(os.getpid()):
+                try:
+                    status = Path(f"/proc/{pid}/status").read_text()
+                except OSError:
+                    continue  # it just ended
+                for line in status.splitlines():
+                    if line.startswith("VmHWM:"):
+                        self.peak_mb = max(self.peak_mb, round(int(line.split()[1]) / 1024, 1))
+
+    def __enter__(self) -> DescendantPeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _descendants(root: int) -> list[int]:
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, frontier = [], [root]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, ppid in parents.items() if ppid == parent]
+        found.extend(children)
+        frontier.extend(children)
+    return found
 
 
 def _result(rows: int, size: int, seconds: float, **extra) -> dict:
@@ -168,15 +219,15 @@ def core(path: Path, url: str, chunk_bytes: int, workers: int) -> dict:
     engine = _fresh_engine(url)
     bucket = LocalBucket(path.parent)
     started = time.perf_counter()
-    summary, _ = ingest_object(bucket, engine, path.name, chunk_bytes, workers=workers)
+    with DescendantPeakRss() as workers_rss:
+        summary, _ = ingest_object(bucket, engine, path.name, chunk_bytes, workers=workers)
     seconds = time.perf_counter() - started
     return _result(
         summary.rows_total,
         path.stat().st_size,
         seconds,
         workers=workers,
-        # With workers, the chunks run in child processes: their largest high-water mark.
-        worker_peak_rss_mb=_peak_rss_mb(resource.RUSAGE_CHILDREN) if workers > 1 else None,
+        worker_peak_rss_mb=workers_rss.peak_mb if workers > 1 else None,
         valid=summary.rows_valid,
         invalid=summary.rows_invalid,
         verified_row_count=summary.verified_row_count,
@@ -185,10 +236,10 @@ def core(path: Path, url: str, chunk_bytes: int, workers: int) -> dict:
 
 def ingest_job():
     """The code location's ingest job (resources from the environment set by `dagster`)."""
-    from catalog_pipeline.definitions import build_definitions
+    from catalog_pipeline.definitions import defs
     from catalog_pipeline.jobs import INGEST_JOB
 
-    return build_definitions().resolve_job_def(INGEST_JOB)
+    return defs.resolve_job_def(INGEST_JOB)
 
 
 def dagster(path: Path, url: str, chunk_bytes: int, workers: int) -> dict:
@@ -203,6 +254,7 @@ def dagster(path: Path, url: str, chunk_bytes: int, workers: int) -> dict:
 
     from catalog_pipeline.assets.partitions import partition_key_for, source_csvs
     from catalog_pipeline.db.ingest import latest_summary
+    from catalog_pipeline.jobs import executor_run_config
 
     engine = _fresh_engine(url)
     with (
@@ -212,15 +264,17 @@ def dagster(path: Path, url: str, chunk_bytes: int, workers: int) -> dict:
         partition = partition_key_for(path.name)
         instance.add_dynamic_partitions(source_csvs.name, [partition])
         started = time.perf_counter()
-        result = dg.execute_job(
-            dg.reconstructable(ingest_job),
-            instance=instance,
-            run_config={
-                "execution": {"config": {"multiprocess": {"max_concurrent": workers}}},
-                "loggers": {"console": {"config": {"log_level": "WARNING"}}},
-            },
-            tags={"dagster/partition": partition},
-        )
+        with DescendantPeakRss() as steps_rss:
+            result = dg.execute_job(
+                dg.reconstructable(ingest_job),
+                instance=instance,
+                run_config={
+                    # What the sensor asks for (one worker process per core for large files).
+                    **executor_run_config(path.stat().st_size, chunk_bytes, cores=workers),
+                    "loggers": {"console": {"config": {"log_level": "WARNING"}}},
+                },
+                tags={"dagster/partition": partition},
+            )
         seconds = time.perf_counter() - started
     if not result.success:
         raise RuntimeError("the dagster materialization failed")
@@ -231,8 +285,8 @@ def dagster(path: Path, url: str, chunk_bytes: int, workers: int) -> dict:
         seconds,
         workers=workers,
         valid=summary.rows_valid,
-        # Chunk steps run in child processes: their largest high-water mark.
-        chunk_step_peak_rss_mb=_peak_rss_mb(resource.RUSAGE_CHILDREN),
+        # Steps run in worker processes (in-process for small files: this one).
+        chunk_step_peak_rss_mb=steps_rss.peak_mb or _peak_rss_mb(),
     )
 
 

@@ -12,6 +12,7 @@ INGEST_JOB = "catalog_ingest_job"
 # Files up to this many chunks run every step in one process: a process per chunk costs
 # more (interpreter start, imports) than a few chunks take to ingest.
 IN_PROCESS_MAX_CHUNKS = 3
+PRELOAD_MODULE = "catalog_pipeline.definitions"
 
 catalog_ingest_job = dg.define_asset_job(
     INGEST_JOB,
@@ -23,8 +24,20 @@ catalog_ingest_job = dg.define_asset_job(
 
 
 def executor_run_config(size: int, chunk_bytes: int, cores: int | None = None) -> dict:
-    """In-process for small files; one process per core for large ones."""
+    """In-process for small files; one process per core for large ones (see below)."""
     if size <= IN_PROCESS_MAX_CHUNKS * chunk_bytes:
         return {"execution": {"config": {"in_process": {}}}}
     workers = max(1, min(cores or os.cpu_count() or 1, -(-size // chunk_bytes)))
-    return {"execution": {"config": {"multiprocess": {"max_concurrent": workers}}}}
+    return {"execution": {"config": {"multiprocess": multiprocess_config(workers)}}}
+
+
+def multiprocess_config(workers: int) -> dict:
+    """Chunk steps forked from a server that has already imported the code location.
+
+    The default (spawn) starts a fresh interpreter per step, which then imports Dagster
+    and our definitions again: about 3 s a step. Forking a warm server costs about 0.4 s.
+    """
+    return {
+        "max_concurrent": workers,
+        "start_method": {"forkserver": {"preload_modules": [PRELOAD_MODULE]}},
+    }

@@ -35,9 +35,10 @@ def test_every_method_ingests_the_same_rows_and_the_report_has_the_ratios(
     valid = report["core"]["valid"]
     assert 0.9 * ROWS < valid < ROWS  # ~5 % invalid rows, a few duplicate SKUs
     assert report["core"]["rows"] == report["core"]["verified_row_count"] == ROWS
-    for method in ("naive_pandas", "dagster", "dagster_1_worker", "sqlite"):
+    for method in ("naive_pandas", "core_1_worker", "dagster", "dagster_1_worker", "sqlite"):
         assert report[method]["valid"] == valid, method
-    assert report["dagster"]["workers"] == 2 or report["cores"] == 1
+    assert report["core"]["workers"] == report["dagster"]["workers"] == 2 or report["cores"] == 1
+    assert report["core_1_worker"]["workers"] == 1
     assert report["dagster_1_worker"]["workers"] == 1
     assert report["dagster"]["chunk_step_peak_rss_mb"] > 0
     assert report["sensor"]["requested"] == 250
@@ -46,6 +47,7 @@ def test_every_method_ingests_the_same_rows_and_the_report_has_the_ratios(
         "core/raw_copy",
         "dagster/raw_copy",
         "core/naive_pandas",
+        "core/core_1_worker",
         "dagster/dagster_1_worker",
     }
     assert all(ratio > 0 for ratio in report["ratios"].values())
