@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-from dataclasses import dataclass
+import re
 from datetime import datetime
+from hashlib import blake2b
+from typing import NamedTuple
 
 from catalog_pipeline.core.validation import Item
 
-_HASHED = ("name", "brand", "category", "description")
+# JSON strings that need no escaping: printable ASCII without quotes or backslashes.
+_PLAIN_JSON = re.compile(r"[ !#-\[\]-~]*")
 
 
 def content_hash(item: Item) -> str:
@@ -18,13 +20,24 @@ def content_hash(item: Item) -> str:
     Classification inputs: a change here makes the item eligible for reclassification;
     a price or play-count change does not.
     """
-    payload = "\x1f".join(getattr(item, name) or "" for name in _HASHED)
-    return hashlib.blake2b(payload.encode("utf-8"), digest_size=16).hexdigest()
+    payload = (
+        f"{item.name}\x1f{item.brand or ''}\x1f{item.category or ''}\x1f{item.description or ''}"
+    )
+    return blake2b(payload.encode("utf-8"), digest_size=16).hexdigest()
 
 
-@dataclass(frozen=True, slots=True)
-class StagedItem:
-    """A valid item and the byte offset of the record it came from."""
+def image_urls_json(urls: tuple[str, ...]) -> str | None:
+    """The stored JSON list of image URLs (`json.dumps` output), None for no images."""
+    if not urls:
+        return None
+    if _PLAIN_JSON.fullmatch("".join(urls)):
+        return '["' + '", "'.join(urls) + '"]'
+    return json.dumps(list(urls))
+
+
+class StagedItem(NamedTuple):
+    """A valid item and the byte offset of the record it came from (one per valid row,
+    so a named tuple rather than a dataclass)."""
 
     item: Item
     offset: int
@@ -47,7 +60,7 @@ class StagedItem:
             item.price,
             item.currency,
             item.url,
-            json.dumps(list(item.image_urls)) if item.image_urls else None,
+            image_urls_json(item.image_urls),
             item.availability,
             item.weight_grams,
             item.play_count,

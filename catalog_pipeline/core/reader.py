@@ -14,6 +14,7 @@ import csv
 import io
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -24,11 +25,12 @@ ENCODING_ERROR = "encoding_error"
 RAW_LOG_BYTES = 4096
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
+class Record(NamedTuple):
     """One logical CSV record: fields, or the reason it could not be parsed.
 
     `offset` and `end` are absolute byte offsets in the object (end excludes the line end).
+    A named tuple: one is built per row, and a tuple builds several times faster than a
+    frozen dataclass.
     """
 
     offset: int
@@ -93,7 +95,7 @@ def _parse_whole(data: bytes, starts: list[int], ends: list[int]) -> list[Record
     """One decode and one `csv` pass over the whole chunk, or None when the careful path
     must decide (invalid UTF-8, a bare CR, a field over the csv size limit, or any
     disagreement with the scanner about where records end)."""
-    if data.count(b"\r") != data.count(b"\r\n"):
+    if b"\r" in data and data.count(b"\r") != data.count(b"\r\n"):
         return None  # a bare CR ends a line for csv but not for the scanner
     try:
         text = data.decode("utf-8")

@@ -94,4 +94,3 @@ class RecordScanner:
         slot = np.searchsorted(starts, newlines, side="right") - 1
         inside = (slot >= 0) & (newlines < ends[np.maximum(slot, 0)])
         return newlines[~inside].astype(np.int64) + base
-

@@ -88,6 +88,17 @@ _STAGE_TYPES = {
 }
 
 
+def _copy_type(name: str) -> str:
+    """The Postgres type name of a stage column, for binary COPY."""
+    kind = _STAGE_TYPES.get(name, Text)
+    kind = kind if isinstance(kind, type) else type(kind)
+    names = {Float: "float8", BigInteger: "int8", Integer: "int4", UtcDateTime: "timestamptz"}
+    return names.get(kind, "text")
+
+
+_COPY_TYPES = [_copy_type(name) for name in ITEM_COLUMNS]
+
+
 @dataclass(frozen=True, slots=True)
 class SourceObject:
     """The version of an object being ingested, as HEAD reported it."""
@@ -298,21 +309,17 @@ def _fill_stage(connection: Connection, stage: Table, rows: list[tuple]) -> None
     if connection.dialect.name == "postgresql":
         driver = connection.connection.driver_connection
         columns = ", ".join(ITEM_COLUMNS)  # our own column names, not data
-        statement = f"COPY {stage.name} ({columns}) FROM STDIN"
+        # Binary COPY: about half the cost of text per row, on both ends.
+        statement = f"COPY {stage.name} ({columns}) FROM STDIN (FORMAT BINARY)"
         with driver.cursor() as cursor, cursor.copy(statement) as copy:
+            copy.set_types(_COPY_TYPES)
             for row in rows:
                 copy.write_row(row)
         return
-    observed_type = UtcDateTime().process_bind_param
-    position = ITEM_COLUMNS.index("observed_at")
-    dialect = connection.dialect
-    prepared = [
-        row[:position] + (observed_type(row[position], dialect),) + row[position + 1 :]
-        for row in rows
-    ]
+    # Rows carry observed_at already in its stored form (see `_upsert_items`).
     placeholders = ", ".join("?" for _ in ITEM_COLUMNS)
     connection.connection.driver_connection.executemany(
-        f"INSERT INTO {stage.name} VALUES ({placeholders})", prepared
+        f"INSERT INTO {stage.name} VALUES ({placeholders})", rows
     )
 
 
@@ -322,8 +329,11 @@ def _upsert_items(
     latest: dict[str, StagedItem] = {}
     for item in items:  # a SKU twice in one chunk: the later record wins, as in precedence
         latest[item.sku] = item
+    observed_at = file_row.observed_at
+    if connection.dialect.name == "sqlite":  # rows go to the driver as they are
+        observed_at = UtcDateTime().process_bind_param(observed_at, connection.dialect)
     rows = [
-        item.as_row(file_row.source, file_row.observed_at, file_row.object_key, source_file_id)
+        item.as_row(file_row.source, observed_at, file_row.object_key, source_file_id)
         for item in latest.values()
     ]
     if connection.dialect.name == "postgresql":
