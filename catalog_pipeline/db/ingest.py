@@ -5,9 +5,9 @@ are written in one transaction, so a killed step leaves either all of it or none
 
 Upserts go through a temporary staging table: Postgres fills it with COPY, SQLite with
 one executemany; then a single `INSERT … SELECT … ON CONFLICT (sku) DO UPDATE … WHERE`
-applies the precedence rule. Every insert walks its rows in key order (SKU, then item
-id), so chunks of one file that share SKUs and run at the same time lock those rows in
-the same order and wait for each other instead of deadlocking. A row replaces the stored item only when its
+applies the precedence rule. Every insert walks its rows in SKU order, so chunks of one
+file that share SKUs and run at the same time lock those rows in the same order and wait
+for each other instead of deadlocking. A row replaces the stored item only when its
 (observed_at, object_key, source_file_id, source_offset) is greater. `source_file_id`
 (an increasing id per object version) sits before the byte offset so that a new version
 of a timestamped key wins over the old version even where its row moved to a lower offset.
@@ -371,7 +371,7 @@ def _upsert_items(
             literal(now, UtcDateTime),
         )
         .where(catalog_items.c.sku == stage.c.sku)
-        .order_by(catalog_items.c.id),
+        .order_by(stage.c.sku),
     )
     # A SKU twice in one file: provenance points at its last record (the one precedence
     # keeps), whichever chunk happens to finish first.

@@ -85,7 +85,7 @@ def record_scrape_readings(
             literal(now, UtcDateTime),
         )
         .where(catalog_items.c.sku == stage.c.sku, stage.c.play_count.is_not(None))
-        .order_by(catalog_items.c.id),  # lock order: see db/ingest.py
+        .order_by(stage.c.sku),  # lock order: see db/ingest.py
     )
     excluded = statement.excluded
     connection.execute(
