@@ -332,9 +332,10 @@ def _upsert_items(
     observed_at = file_row.observed_at
     if connection.dialect.name == "sqlite":  # rows go to the driver as they are
         observed_at = UtcDateTime().process_bind_param(observed_at, connection.dialect)
+    # In SKU order: the server's sort (lock order, below) then finds its input sorted.
     rows = [
-        item.as_row(file_row.source, observed_at, file_row.object_key, source_file_id)
-        for item in latest.values()
+        latest[sku].as_row(file_row.source, observed_at, file_row.object_key, source_file_id)
+        for sku in sorted(latest)
     ]
     if connection.dialect.name == "postgresql":
         connection.exec_driver_sql("SET LOCAL work_mem = '64MB'")  # sorts a chunk in memory
@@ -362,6 +363,12 @@ def _upsert_items(
         > tuple_(*(catalog_items.c[name] for name in precedence)),
     )
     connection.execute(statement)
+    if connection.dialect.name == "postgresql":
+        # Provenance and readings look each staged SKU up in catalog_items. Left alone,
+        # the planner hashes the whole catalog for every chunk (a cost that grows with
+        # the catalog); a chunk is small next to it, so index lookups are always cheaper.
+        connection.exec_driver_sql("SET LOCAL enable_hashjoin = off")
+        connection.exec_driver_sql("SET LOCAL enable_mergejoin = off")
     provenance = insert(catalog_item_sources).from_select(
         ["item_id", "source_file_id", "byte_offset", "first_seen_at"],
         select(

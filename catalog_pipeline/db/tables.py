@@ -138,7 +138,7 @@ catalog_items = Table(
     Column("source", Text, nullable=False),
     Column("observed_at", UtcDateTime, nullable=False),
     Column("object_key", Text, nullable=False),
-    Column("source_file_id", Integer, ForeignKey("source_files.id"), nullable=False),
+    Column("source_file_id", Integer, nullable=False),  # no FK: see migration 0003
     Column("source_offset", BigInteger, nullable=False),
     Column("content_hash", String(64), nullable=False),
     Column("first_seen_at", UtcDateTime, nullable=False, default=utcnow),
@@ -151,8 +151,9 @@ catalog_item_sources = Table(
     "catalog_item_sources",
     metadata,
     Column("id", Integer, primary_key=True),
-    Column("item_id", Integer, ForeignKey("catalog_items.id"), nullable=False),
-    Column("source_file_id", Integer, ForeignKey("source_files.id"), nullable=False),
+    # No FKs on the bulk-written tables: references hold by construction (migration 0003).
+    Column("item_id", Integer, nullable=False),
+    Column("source_file_id", Integer, nullable=False),
     Column("byte_offset", BigInteger, nullable=False),
     Column("first_seen_at", UtcDateTime, nullable=False, default=utcnow),
     UniqueConstraint("item_id", "source_file_id"),
@@ -191,7 +192,7 @@ playcount_measurements = Table(
     "playcount_measurements",
     metadata,
     Column("id", Integer, primary_key=True),
-    Column("item_id", Integer, ForeignKey("catalog_items.id"), nullable=False),
+    Column("item_id", Integer, nullable=False),  # no FK: see migration 0003
     Column("origin", String(20), nullable=False),
     Column("measured_on", Date, nullable=False),
     Column("play_count", BigInteger, nullable=False),
