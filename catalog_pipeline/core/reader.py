@@ -6,6 +6,10 @@ A chunk starts on a record boundary, so the scan starts outside quotes. The usua
 else takes the careful path, which decodes each record on its own: an undecodable record
 becomes an `encoding_error` record instead of failing the chunk, and its neighbours are
 unaffected. Both paths yield the same records.
+
+A record holding a NUL byte is an `encoding_error` too: NUL is valid UTF-8, but no
+PostgreSQL text can hold it (COPY would fail the whole chunk), so it is refused on every
+database alike rather than stored on SQLite and lost on Postgres.
 """
 
 from __future__ import annotations
@@ -93,10 +97,12 @@ def _record_spans(data: bytes, base: int, newlines: np.ndarray) -> tuple[list[in
 
 def _parse_whole(data: bytes, starts: list[int], ends: list[int]) -> list[Record] | None:
     """One decode and one `csv` pass over the whole chunk, or None when the careful path
-    must decide (invalid UTF-8, a bare CR, a field over the csv size limit, or any
+    must decide (invalid UTF-8, a NUL, a bare CR, a field over the csv size limit, or any
     disagreement with the scanner about where records end)."""
     if b"\r" in data and data.count(b"\r") != data.count(b"\r\n"):
         return None  # a bare CR ends a line for csv but not for the scanner
+    if b"\x00" in data:
+        return None  # its record is an encoding_error, decided record by record
     try:
         text = data.decode("utf-8")
         rows = [row for row in csv.reader(io.StringIO(text, newline="")) if row]
@@ -113,8 +119,9 @@ def _parse(data: bytes, base: int, spans: list[tuple[int, int]]) -> Iterator[Rec
         stop = end - base
         if stop > start - base and data[stop - 1] == 0x0D:
             stop -= 1
+        raw = data[start - base : stop]
         try:
-            texts.append(data[start - base : stop].decode("utf-8"))
+            texts.append(None if b"\x00" in raw else raw.decode("utf-8"))
         except UnicodeDecodeError:
             texts.append(None)
 

@@ -401,23 +401,36 @@ def _log_invalid(
     chunk_index: int,
     invalid: Sequence[InvalidRecord],
 ) -> None:
+    """One statement for the chunk's invalid rows (a statement per row cost a round trip
+    each); a retry adds nothing (ON CONFLICT on the file and byte offset)."""
     now = utcnow()
-    rows = [
-        {
-            "source_file_id": source_file_id,
-            "object_key": object_key,
-            "chunk_index": chunk_index,
-            "byte_offset": row.byte_offset,
-            "reasons": json.dumps(list(row.reasons)),
-            "raw": row.raw.decode("utf-8", errors="backslashreplace"),
-            "created_at": now,
-        }
+    offsets = [row.byte_offset for row in invalid]
+    reasons = [json.dumps(list(row.reasons)) for row in invalid]
+    # Undecodable bytes and NULs (which no Postgres text holds) are logged as escapes.
+    raws = [
+        row.raw.decode("utf-8", errors="backslashreplace").replace("\x00", "\\x00")
         for row in invalid
     ]
-    statement = dialect_insert(connection)(invalid_item_logs).on_conflict_do_nothing(
-        index_elements=["source_file_id", "byte_offset"]
+    table = invalid_item_logs.name
+    columns = "source_file_id, object_key, chunk_index, byte_offset, reasons, raw, created_at"
+    conflict = "ON CONFLICT (source_file_id, byte_offset) DO NOTHING"
+    driver = connection.connection.driver_connection
+    if connection.dialect.name == "postgresql":
+        driver.execute(
+            f"INSERT INTO {table} ({columns}) "
+            "SELECT %s, %s, %s, o, r, w, %s "
+            f"FROM unnest(%s::int8[], %s::text[], %s::text[]) AS t(o, r, w) {conflict}",
+            (source_file_id, object_key, chunk_index, now, offsets, reasons, raws),
+        )
+        return
+    created_at = UtcDateTime().process_bind_param(now, connection.dialect)
+    driver.executemany(
+        f"INSERT INTO {table} ({columns}) VALUES (?, ?, ?, ?, ?, ?, ?) {conflict}",
+        [
+            (source_file_id, object_key, chunk_index, offset, reason, raw, created_at)
+            for offset, reason, raw in zip(offsets, reasons, raws, strict=True)
+        ],
     )
-    connection.execute(statement, rows)
 
 
 def finalize_file(engine: Engine, source_file_id: int) -> FileSummary:

@@ -161,6 +161,16 @@ def test_undecodable_record_is_an_encoding_error_and_neighbours_survive():
     assert records[2].fields == ["c", "fine"]
 
 
+def test_record_with_a_nul_byte_is_an_encoding_error_and_neighbours_survive():
+    # NUL is valid UTF-8 but no Postgres text holds it: refused alike on every database.
+    data = b'sku,name\na,ok\nb,n\x00l\nc,"quoted\nfine"\n'
+    for chunk_bytes in (1024, 4):  # one chunk with the NUL, or a chunk per record
+        _, records = _read_all(data, chunk_bytes, [64])
+        assert [r.error for r in records] == [None, ENCODING_ERROR, None]
+        assert records[1].offset == data.index(b"b,n")
+        assert records[2].fields == ["c", "quoted\nfine"]
+
+
 def test_undecodable_header_is_rejected_with_its_offset():
     data = b"sku,n\xffame\na,b\n"
     with pytest.raises(HeaderError, match="byte 5"):

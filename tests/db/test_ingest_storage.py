@@ -191,3 +191,19 @@ def test_core_ingest_with_worker_processes_equals_one_process(engine, local_buck
     before = dump(engine)
     ingest_object(local_bucket, engine, key, 16 * 1024, workers=workers)
     assert dump(engine) == before
+
+
+def test_nul_bytes_are_invalid_rows_not_a_failed_chunk(engine, local_bucket):
+    """Postgres text cannot hold NUL: such a row is logged (escaped), the rest lands."""
+    key = "shop_2026-01-01T00-00-00.csv"
+    body = b"A,na\x00me,https://a.example/,1\nB,ok,https://b.example/,2\nC,x\x00,ftp://x,1\n"
+    local_bucket.put(key, HEADER.encode() + body)
+    summary, reasons = ingest_object(local_bucket, engine, key, 1024)
+    assert (summary.status, summary.rows_valid, summary.rows_invalid) == ("completed", 1, 2)
+    assert reasons == {"encoding_error": 2}
+    assert set(_items(engine)) == {"B"}
+    with engine.connect() as connection:
+        raws = connection.execute(
+            select(invalid_item_logs.c.raw).order_by(invalid_item_logs.c.byte_offset)
+        ).scalars()
+        assert list(raws) == ["A,na\\x00me,https://a.example/,1", "C,x\\x00,ftp://x,1"]
