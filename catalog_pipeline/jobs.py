@@ -12,7 +12,7 @@ INGEST_JOB = "catalog_ingest_job"
 # Files up to this many chunks run every step in one process: a process per chunk costs
 # more (interpreter start, imports) than a few chunks take to ingest.
 IN_PROCESS_MAX_CHUNKS = 3
-PRELOAD_MODULE = "catalog_pipeline.definitions"
+PRELOAD_MODULE = "catalog_pipeline.preload"
 
 catalog_ingest_job = dg.define_asset_job(
     INGEST_JOB,

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
@@ -60,6 +62,21 @@ def alembic_config(engine: Engine) -> Config:
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Apply migrations up to `revision`. Safe to call on every start: a no-op when current."""
     command.upgrade(alembic_config(engine), revision)
+
+
+@functools.cache
+def head_revision() -> str | None:
+    """The newest migration of this code (read from the scripts once per process)."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    return ScriptDirectory.from_config(config).get_current_head()
+
+
+def ensure_current(engine: Engine) -> None:
+    """Migrate unless the database is already at this code's head: one query when it is
+    (the usual case in a step process), instead of Alembic's full environment run."""
+    if current_revision(engine) != head_revision():
+        upgrade(engine)
 
 
 def current_revision(engine: Engine) -> str | None:
