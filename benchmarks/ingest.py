@@ -165,6 +165,10 @@ def naive_pandas(path: Path, url: str) -> dict:
     from catalog_pipeline.core.items import content_hash
     from catalog_pipeline.core.validation import map_header, validate_record
 
+    # Its fastest setting for this row-wise code: with pyarrow installed (we depend on it),
+    # pandas 3 backs `str` columns with Arrow, and reading them back row by row into
+    # Python is then about 1.4 times slower and holds twice the memory (measured).
+    pd.set_option("mode.string_storage", "python")
     engine = _fresh_engine(url)
     started = time.perf_counter()
     frame = pd.read_csv(path, dtype=str, keep_default_na=False)

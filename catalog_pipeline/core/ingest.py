@@ -34,7 +34,7 @@ def process_chunk_bytes(
     data: bytes, base: int, mapping: HeaderMapping, at_end_of_object: bool
 ) -> ChunkOutcome:
     """Read and validate `data` (a planned range starting at object offset `base`)."""
-    chunk = read_chunk(data, base, at_end_of_object)
+    chunk = read_chunk(data, base, at_end_of_object, mapping.field_count)
     items: list[StagedItem] = []
     invalid: list[InvalidRecord] = []
     reasons: Counter = Counter()

@@ -11,7 +11,14 @@ from hypothesis import strategies as st
 
 from catalog_pipeline.core.chunking import UTF8_BOM, header_from_prefix, plan_chunks
 from catalog_pipeline.core.errors import HeaderError
-from catalog_pipeline.core.reader import ENCODING_ERROR, MALFORMED_ROW, read_chunk
+from catalog_pipeline.core.reader import (
+    ENCODING_ERROR,
+    MALFORMED_ROW,
+    _parse_columnar,
+    _record_spans,
+    read_chunk,
+)
+from catalog_pipeline.core.records import RecordScanner
 
 ALPHABET = st.sampled_from(
     list("abcXYZ019 ,.;-_/\"'\n\r\t") + ["é", "ß", "日本", "💿", "\u00a0", '""', "\r\n"]
@@ -38,11 +45,13 @@ def _expected(data: bytes) -> list[list[str]]:
     return [row for row in csv.reader(io.StringIO(text, newline="")) if row]
 
 
-def _read_all(data: bytes, chunk_bytes: int, block_sizes: list[int]):
+def _read_all(data: bytes, chunk_bytes: int, block_sizes: list[int], field_count=None):
     plan = plan_chunks(_blocks(data, block_sizes), len(data), chunk_bytes)
     records = []
     for chunk in plan.chunks:
-        part = read_chunk(data[chunk.start : chunk.end], chunk.start, chunk.end == len(data))
+        part = read_chunk(
+            data[chunk.start : chunk.end], chunk.start, chunk.end == len(data), field_count
+        )
         records.extend(part.records)
     return plan, records
 
@@ -61,8 +70,10 @@ def csv_files(draw):
     header = [f"col{i}" for i in range(columns)]
     rows = []
     for _ in range(draw(st.integers(min_value=0, max_value=40))):
-        kind = draw(st.sampled_from(["written", "written", "long", "plain"]))
-        if kind == "plain":
+        kind = draw(st.sampled_from(["written", "written", "long", "plain", "short"]))
+        if kind == "short":  # a field short of the header: malformed, read in its place
+            rows.append(("written", draw(st.lists(FIELD, min_size=1, max_size=columns))))
+        elif kind == "plain":
             rows.append(("plain", draw(st.lists(PLAIN_FIELD, min_size=columns, max_size=columns))))
         elif kind == "long":
             fields = draw(st.lists(FIELD, min_size=columns, max_size=columns))
@@ -93,6 +104,14 @@ def csv_files(draw):
 def test_chunks_yield_exactly_the_records_of_the_whole_file(data, chunk_bytes, block_sizes):
     expected = _expected(data)
     plan, records = _read_all(data, chunk_bytes, block_sizes)
+    # The Arrow path (the header's field count known) and the csv path read alike, also
+    # with every record off by one field (all left to csv, one by one).
+    for field_count in (len(expected[0]), len(expected[0]) + 1):
+        _, columnar = _read_all(data, chunk_bytes, block_sizes, field_count)
+        assert [(r.offset, r.end, r.error) for r in columnar] == [
+            (r.offset, r.end, r.error) for r in records
+        ]
+        assert [list(r.fields) for r in columnar] == [r.fields for r in records]
 
     assert list(plan.header) == expected[0]
     assert [r.fields for r in records] == expected[1:]
@@ -106,6 +125,33 @@ def test_chunks_yield_exactly_the_records_of_the_whole_file(data, chunk_bytes, b
     for record in records:
         alone = data[record.offset : record.end].decode("utf-8").removesuffix("\r")
         assert next(csv.reader([alone])) == record.fields
+
+
+def test_arrow_reads_regular_chunks_and_declines_the_rest():
+    regular = b'a,"x, ""quoted""\nline",1\nb,plain,2\nc,short\nd,"",4\n'
+    records = _parse_columnar(regular, 100, *_spans(regular, 100), 3)
+    assert records is not None  # the fast path ran, short row included
+    assert [list(r.fields) for r in records] == [
+        ["a", 'x, "quoted"\nline', "1"],
+        ["b", "plain", "2"],
+        ["c", "short"],
+        ["d", "", "4"],
+    ]
+    assert [r.offset for r in records] == [
+        100 + regular.index(k) for k in (b"a,", b"b,", b"c,", b"d,")
+    ]
+    for irregular in (
+        b'a,ab"c,1\n',
+        b'a,"ab"c,1\n',
+        b"a,caf\xe9,1\n",
+        b"a,b\rc,1\n",
+        b"a,\x00,1\n",
+    ):
+        assert _parse_columnar(irregular, 0, *_spans(irregular, 0), 3) is None, irregular
+
+
+def _spans(data: bytes, base: int):
+    return _record_spans(data, base, RecordScanner().feed(data, base))
 
 
 def test_chunk_sizes_stay_near_the_target():
