@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
 import json
 import threading
@@ -10,13 +11,20 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from sqlalchemy import func, select
 
+from catalog_pipeline.core.errors import ObjectChangedError
 from catalog_pipeline.core.ingest import process_chunk_bytes
 from catalog_pipeline.core.samples import sample_csv
 from catalog_pipeline.core.validation import map_header
 from catalog_pipeline.db.engine import current_revision, upgrade
 from catalog_pipeline.db.ingest import write_chunk
 from catalog_pipeline.db.tables import catalog_items, invalid_item_logs, source_files
-from catalog_pipeline.ingest import finalize, ingest_chunk, ingest_object, plan_object
+from catalog_pipeline.ingest import (
+    collector_paused,
+    finalize,
+    ingest_chunk,
+    ingest_object,
+    plan_object,
+)
 from tests.helpers import dump
 
 HEADER = "sku,name,url,price\n"
@@ -207,3 +215,19 @@ def test_nul_bytes_are_invalid_rows_not_a_failed_chunk(engine, local_bucket):
             select(invalid_item_logs.c.raw).order_by(invalid_item_logs.c.byte_offset)
         ).scalars()
         assert list(raws) == ["A,na\\x00me,https://a.example/,1", "C,x\\x00,ftp://x,1"]
+
+
+def test_chunks_pause_the_garbage_collector_and_always_restore_it(engine, local_bucket):
+    key = "shop_2026-01-01T00-00-00.csv"
+    local_bucket.put(key, (HEADER + "A,a,https://a.example/,1\n").encode())
+    planned = plan_object(local_bucket, engine, key, 1024)
+    with collector_paused():
+        assert not gc.isenabled()
+        with collector_paused():  # nested: the inner exit leaves it paused
+            pass
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    local_bucket.put(key, (HEADER + "A,changed,https://a.example/,1\n").encode())
+    with pytest.raises(ObjectChangedError):
+        ingest_chunk(local_bucket, engine, planned, planned.chunks[0])
+    assert gc.isenabled()  # restored after a failed chunk too
