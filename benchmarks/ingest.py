@@ -30,6 +30,8 @@ import threading
 import time
 from pathlib import Path
 
+from catalog_pipeline.core.chunking import DEFAULT_CHUNK_BYTES
+
 REPO = Path(__file__).resolve().parents[1]
 KEY = "bench_2026-01-01T00-00-00.csv"
 COPYABLE_KINDS = ("sku", "url", "price", "weight", "private", "name")  # not "columns"
@@ -426,7 +428,7 @@ def _start_postgres() -> tuple[str, str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=100_000)
-    parser.add_argument("--chunk-bytes", type=int, default=20 * 1024 * 1024)
+    parser.add_argument("--chunk-bytes", type=int, default=DEFAULT_CHUNK_BYTES)
     parser.add_argument("--database-url", default=None, help="PostgreSQL (default: start one)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--sensor-objects", type=int, default=10_000)

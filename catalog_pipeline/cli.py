@@ -77,7 +77,7 @@ def _add_target_options(parser: argparse.ArgumentParser) -> None:
         f"{settings.DEFAULTS[settings.BUCKET_URL]})",
     )
     parser.add_argument("--database-url", help=f"default: ${settings.DATABASE_URL} or SQLite")
-    parser.add_argument("--chunk-bytes", type=int, help="target chunk size (default 20 MiB)")
+    parser.add_argument("--chunk-bytes", type=int, help="target chunk size (default 64 MiB)")
 
 
 def _apply_overrides(arguments: argparse.Namespace) -> None:
