@@ -20,9 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from catalog_pipeline.core.errors import HeaderError
-from catalog_pipeline.core.records import CR, RecordScanner
+from catalog_pipeline.core.records import CR, UTF8_BOM, RecordScanner
 
-UTF8_BOM = b"\xef\xbb\xbf"
 # Each chunk is a Dagster step, which costs about 0.4 s to start (fork, instance, cold
 # connection) whatever its size: 64 MiB (about 50,000 rows of 1.3 KB) keeps that near a
 # tenth of the step while a step stays under 600 MB. Spark reads 128 MB splits.

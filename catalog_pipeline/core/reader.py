@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as arrow_csv
 
-from catalog_pipeline.core.records import COMMA, CR, LF, QUOTE, RecordScanner
+from catalog_pipeline.core.records import COMMA, CR, LF, QUOTE, UTF8_BOM, RecordScanner
 
 MALFORMED_ROW = "malformed_row"
 ENCODING_ERROR = "encoding_error"
@@ -172,6 +172,8 @@ def _parse_columnar(
             data[start:stop]
             for start, stop in zip(offsets[good].tolist(), nexts[good].tolist(), strict=True)
         )
+    if body.startswith(UTF8_BOM):
+        return None  # Arrow drops a BOM at the start of its input; csv keeps it as text
     names = [str(index) for index in range(field_count)]
     try:
         table = arrow_csv.read_csv(

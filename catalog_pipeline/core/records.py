@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+UTF8_BOM = b"\xef\xbb\xbf"
 QUOTE = 0x22
 COMMA = 0x2C
 LF = 0x0A

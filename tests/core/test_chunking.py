@@ -21,7 +21,8 @@ from catalog_pipeline.core.reader import (
 from catalog_pipeline.core.records import RecordScanner
 
 ALPHABET = st.sampled_from(
-    list("abcXYZ019 ,.;-_/\"'\n\r\t") + ["é", "ß", "日本", "💿", "\u00a0", '""', "\r\n"]
+    list("abcXYZ019 ,.;-_/\"'\n\r\t")
+    + ["é", "ß", "日本", "💿", "\u00a0", '""', "\r\n", "\ufeff"]  # BOM text mid-file
 )
 FIELD = st.lists(ALPHABET, max_size=12).map("".join)
 LONG_FIELD = st.integers(min_value=1000, max_value=6000).map(lambda n: ("描述\n," * n)[:n])
@@ -146,6 +147,8 @@ def test_arrow_reads_regular_chunks_and_declines_the_rest():
         b"a,caf\xe9,1\n",
         b"a,b\rc,1\n",
         b"a,\x00,1\n",
+        b"\xef\xbb\xbfa,b,1\n",  # Arrow would drop a leading BOM that csv keeps as text
+        b"short\n\xef\xbb\xbfa,b,1\n",  # ... also where a malformed record was cut out
     ):
         assert _parse_columnar(irregular, 0, *_spans(irregular, 0), 3) is None, irregular
 

@@ -4,12 +4,16 @@ and migration 0003 upgrades a populated database without losing a row."""
 
 from __future__ import annotations
 
+import sqlite3
+from contextlib import closing
+
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
 
 from catalog_pipeline.core.samples import sample_csv
-from catalog_pipeline.db.engine import make_engine, upgrade
+from catalog_pipeline.db.engine import current_revision, head_revision, make_engine, upgrade
 from catalog_pipeline.db.tables import metadata
 from catalog_pipeline.ingest import ingest_object
 from tests.helpers import dump
@@ -93,4 +97,25 @@ def test_migration_0003_keeps_every_row_and_drops_only_its_keys(tmp_path, local_
             name for fk in inspector.get_foreign_keys(child) for name in fk["constrained_columns"]
         }
     assert inspector.get_foreign_keys("invalid_item_logs")  # the others stay
+    engine.dispose()
+
+
+def test_sqlite_migration_refuses_broken_references_before_touching_anything(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'broken.sqlite'}")
+    upgrade(engine, "0002")
+    orphan = (
+        "INSERT INTO invalid_item_logs (source_file_id, object_key, chunk_index, byte_offset, "
+        "reasons, raw, created_at) VALUES (42, 'k', 0, 0, '[]', '', CURRENT_TIMESTAMP)"
+    )
+    with closing(sqlite3.connect(tmp_path / "broken.sqlite")) as raw:  # keys unchecked
+        raw.execute(orphan)
+        raw.commit()
+    with pytest.raises(RuntimeError, match="point at rows that do not exist"):
+        upgrade(engine)
+    assert current_revision(engine) == "0002"
+    with engine.begin() as connection:
+        assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        connection.exec_driver_sql("DELETE FROM invalid_item_logs")
+    upgrade(engine)  # once fixed, the same database migrates
+    assert current_revision(engine) == head_revision()
     engine.dispose()
