@@ -149,8 +149,7 @@ def _ingest_chunk(
             engine,
             planned.source_file_id,
             chunk.index,
-            outcome.items,
-            outcome.invalid,
+            outcome,
             run_id,
             seconds,
         )
@@ -166,7 +165,7 @@ def _ingest_chunk(
         byte_start=chunk.start,
         byte_end=chunk.end,
         rows=outcome.rows,
-        valid=len(outcome.items),
+        valid=outcome.valid_rows,
         invalid=len(outcome.invalid),
         reasons=dict(outcome.reasons),
         seconds=seconds,

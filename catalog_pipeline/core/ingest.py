@@ -5,8 +5,23 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from catalog_pipeline.core.items import StagedItem
-from catalog_pipeline.core.reader import RAW_LOG_BYTES, read_chunk
+import numpy as np
+import pyarrow as pa
+
+from catalog_pipeline.core.columnar import accept_rows
+from catalog_pipeline.core.items import (
+    StagedItem,
+    items_table,
+    latest_per_sku,
+    with_content_hash,
+)
+from catalog_pipeline.core.reader import (
+    RAW_LOG_BYTES,
+    ChunkRecords,
+    ColumnarChunk,
+    Record,
+    read_chunk_columns,
+)
 from catalog_pipeline.core.validation import HeaderMapping, validate_record
 
 
@@ -19,26 +34,58 @@ class InvalidRecord:
 
 @dataclass(frozen=True, slots=True)
 class ChunkOutcome:
-    """Valid items and invalid records of one chunk, with reason counts for metadata."""
+    """What one chunk stores: its items (one row per SKU, the SKU's last record, in SKU
+    order, with content hashes; `STAGE_SCHEMA` + `content_hash`), its invalid records in
+    object order, and counts for metadata."""
 
-    items: list[StagedItem]
+    items: pa.Table
     invalid: list[InvalidRecord]
+    valid_rows: int  # valid records, a SKU repeated in the chunk counted each time
     reasons: Counter = field(default_factory=Counter)
 
     @property
     def rows(self) -> int:
-        return len(self.items) + len(self.invalid)
+        return self.valid_rows + len(self.invalid)
 
 
 def process_chunk_bytes(
     data: bytes, base: int, mapping: HeaderMapping, at_end_of_object: bool
 ) -> ChunkOutcome:
-    """Read and validate `data` (a planned range starting at object offset `base`)."""
-    chunk = read_chunk(data, base, at_end_of_object, mapping.field_count)
+    """Read and validate `data` (a planned range starting at object offset `base`).
+
+    Rows Arrow reads are first checked as whole columns (`core.columnar`); the rows that
+    check declines, and every row of a chunk Arrow cannot read, go through
+    `validate_record` one by one. Both give the same items.
+    """
+    chunk = read_chunk_columns(data, base, at_end_of_object, mapping.field_count)
+    tables: list[pa.Table] = []
+    accepted = np.empty(0, dtype=bool)
+    if isinstance(chunk, ColumnarChunk):
+        # Every row stays in the table until the one copy in `latest_per_sku`; the mask
+        # says which of them hold valid values.
+        accepted, values = accept_rows(chunk.table, mapping)
+        tables.append(values.append_column("source_offset", pa.array(chunk.starts)))
+        records = chunk.records(~accepted)
+    else:
+        records = chunk.records
+    items, invalid, reasons = _validate_each(records, chunk, mapping)
+    tables.append(items_table(items))
+    valid = np.concatenate([accepted, np.ones(len(items), dtype=bool)])
+    return ChunkOutcome(
+        items=with_content_hash(latest_per_sku(pa.concat_tables(tables), valid)),
+        invalid=invalid,
+        valid_rows=int(valid.sum()),
+        reasons=reasons,
+    )
+
+
+def _validate_each(
+    records: list[Record], chunk: ColumnarChunk | ChunkRecords, mapping: HeaderMapping
+) -> tuple[list[StagedItem], list[InvalidRecord], Counter]:
     items: list[StagedItem] = []
     invalid: list[InvalidRecord] = []
     reasons: Counter = Counter()
-    for record in chunk.records:
+    for record in records:
         if record.error is not None:
             found: tuple[str, ...] = (record.error,)
         else:
@@ -48,4 +95,4 @@ def process_chunk_bytes(
                 continue
         reasons.update(found)
         invalid.append(InvalidRecord(record.offset, found, chunk.raw(record, RAW_LOG_BYTES)))
-    return ChunkOutcome(items=items, invalid=invalid, reasons=reasons)
+    return items, invalid, reasons

@@ -1,13 +1,17 @@
-"""A valid item ready to be stored: its record offset and its content hash."""
+"""Valid items ready to be stored: record offsets, content hashes, one row per SKU."""
 
 from __future__ import annotations
 
 import json
 import re
-from datetime import datetime
 from hashlib import blake2b
 from typing import NamedTuple
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from catalog_pipeline.core.columnar import STAGE_SCHEMA
 from catalog_pipeline.core.validation import Item
 
 # JSON strings that need no escaping: printable ASCII without quotes or backslashes.
@@ -46,10 +50,8 @@ class StagedItem(NamedTuple):
     def sku(self) -> str:
         return self.item.sku
 
-    def as_row(
-        self, source: str, observed_at: datetime, object_key: str, source_file_id: int
-    ) -> tuple:
-        """The row in `catalog_pipeline.db.ingest.ITEM_COLUMNS` order."""
+    def as_row(self) -> tuple:
+        """The row in `STAGE_SCHEMA` order (without the content hash)."""
         item = self.item
         return (
             item.sku,
@@ -65,10 +67,56 @@ class StagedItem(NamedTuple):
             item.weight_grams,
             item.play_count,
             item.external_id,
-            source,
-            observed_at,
-            object_key,
-            source_file_id,
             self.offset,
-            content_hash(item),
         )
+
+
+def items_table(items: list[StagedItem]) -> pa.Table:
+    """Items validated row by row, as a table in `STAGE_SCHEMA`."""
+    columns = zip(*(item.as_row() for item in items), strict=True) if items else []
+    arrays = list(columns) or [[] for _ in STAGE_SCHEMA]
+    return pa.Table.from_arrays(
+        [pa.array(values, field.type) for values, field in zip(arrays, STAGE_SCHEMA, strict=True)],
+        schema=STAGE_SCHEMA,
+    )
+
+
+def latest_per_sku(table: pa.Table, candidates: np.ndarray | None = None) -> pa.Table:
+    """One row per SKU, its last record in the chunk (as precedence would choose), in SKU
+    order (the lock order of the upsert; byte order of UTF-8 is code point order).
+
+    Only rows where `candidates` is True take part (default: all). The order is worked
+    out on the SKU and offset columns alone; the table is copied once, by one `take`.
+    """
+    rows = np.flatnonzero(candidates) if candidates is not None else np.arange(table.num_rows)
+    keys = pa.table(
+        {
+            "sku": table.column("sku").take(rows),
+            "offset": table.column("source_offset").take(rows),
+        }
+    )
+    order = pc.sort_indices(keys, [("sku", "ascending"), ("offset", "descending")]).to_numpy()
+    skus = keys.column("sku").take(order).combine_chunks()
+    first = np.ones(len(order), dtype=bool)
+    if len(order) > 1:
+        first[1:] = pc.not_equal(skus[1:], skus[:-1]).to_numpy(zero_copy_only=False)
+    return table.take(rows[order[first]])
+
+
+def with_content_hash(table: pa.Table) -> pa.Table:
+    """`table` plus a `content_hash` column: `content_hash` of each row's item, hashed
+    from one joined Arrow column instead of a Python string per row."""
+    text = [pc.fill_null(table.column(name), "") for name in _HASHED]
+    payload = pc.binary_join_element_wise(*text, "\x1f").combine_chunks()
+    wide = pa.types.is_large_string(payload.type)
+    offsets = np.frombuffer(payload.buffers()[1], dtype=np.int64 if wide else np.int32)
+    offsets = offsets[payload.offset : payload.offset + len(payload) + 1].tolist()
+    data = memoryview(payload.buffers()[2] or b"")
+    hashes = [
+        blake2b(data[start:end], digest_size=16).hexdigest()
+        for start, end in zip(offsets[:-1], offsets[1:], strict=True)
+    ]
+    return table.append_column("content_hash", pa.array(hashes, pa.string()))
+
+
+_HASHED = ("name", "brand", "category", "description")

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+import pyarrow as pa
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -41,8 +42,8 @@ from sqlalchemy import (
 )
 
 from catalog_pipeline.core.chunking import ChunkPlan
-from catalog_pipeline.core.ingest import InvalidRecord
-from catalog_pipeline.core.items import StagedItem
+from catalog_pipeline.core.ingest import ChunkOutcome, InvalidRecord
+from catalog_pipeline.db.binary_copy import copy_payload
 from catalog_pipeline.db.engine import dialect_insert
 from catalog_pipeline.db.playcount import record_scrape_readings
 from catalog_pipeline.db.tables import (
@@ -55,7 +56,9 @@ from catalog_pipeline.db.tables import (
     utcnow,
 )
 
-ITEM_COLUMNS = (
+# Columns that come from the chunk, in the order of `ChunkOutcome.items`; the rest of a
+# catalog row (source, observed_at, object_key, source_file_id) is the file's.
+STAGE_COLUMNS = (
     "sku",
     "name",
     "brand",
@@ -69,34 +72,18 @@ ITEM_COLUMNS = (
     "weight_grams",
     "play_count",
     "external_id",
-    "source",
-    "observed_at",
-    "object_key",
-    "source_file_id",
     "source_offset",
     "content_hash",
 )
+FILE_COLUMNS = ("source", "observed_at", "object_key", "source_file_id")
 _STAGE_TYPES = {
     "price": Float,
     "weight_grams": Float,
     "play_count": BigInteger,
-    "observed_at": UtcDateTime,
-    "source_file_id": Integer,
     "source_offset": BigInteger,
     "sku": String(200),
     "content_hash": String(64),
 }
-
-
-def _copy_type(name: str) -> str:
-    """The Postgres type name of a stage column, for binary COPY."""
-    kind = _STAGE_TYPES.get(name, Text)
-    kind = kind if isinstance(kind, type) else type(kind)
-    names = {Float: "float8", BigInteger: "int8", Integer: "int4", UtcDateTime: "timestamptz"}
-    return names.get(kind, "text")
-
-
-_COPY_TYPES = [_copy_type(name) for name in ITEM_COLUMNS]
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,13 +214,13 @@ def write_chunk(
     engine: Engine,
     source_file_id: int,
     chunk_index: int,
-    items: Sequence[StagedItem],
-    invalid: Sequence[InvalidRecord],
+    outcome: ChunkOutcome,
     run_id: str | None,
     seconds: float,
 ) -> None:
     """Upsert a chunk's valid items and their play counts (a `scrape` reading per item and
     scrape day), log its invalid rows, and record the chunk result."""
+    items, invalid = outcome.items, outcome.invalid
     with engine.begin() as connection:
         file_row = connection.execute(
             select(
@@ -242,7 +229,7 @@ def write_chunk(
                 source_files.c.observed_at,
             ).where(source_files.c.id == source_file_id)
         ).one()
-        if items:
+        if items.num_rows:
             _upsert_items(connection, file_row, source_file_id, items)
         if invalid:
             _log_invalid(connection, file_row.object_key, source_file_id, chunk_index, invalid)
@@ -252,8 +239,8 @@ def write_chunk(
             chunk_index,
             run_id,
             status="completed",
-            rows=len(items) + len(invalid),
-            valid=len(items),
+            rows=outcome.rows,
+            valid=outcome.valid_rows,
             invalid=len(invalid),
             error=None,
             seconds=seconds,
@@ -289,7 +276,7 @@ def _record_attempt(
 
 
 def _stage_table(connection: Connection) -> Table:
-    columns = [Column(name, _STAGE_TYPES.get(name, Text)) for name in ITEM_COLUMNS]
+    columns = [Column(name, _STAGE_TYPES.get(name, Text)) for name in STAGE_COLUMNS]
     if connection.dialect.name == "postgresql":
         stage = Table(
             "catalog_items_stage",
@@ -305,49 +292,46 @@ def _stage_table(connection: Connection) -> Table:
     return stage
 
 
-def _fill_stage(connection: Connection, stage: Table, rows: list[tuple]) -> None:
+def _fill_stage(connection: Connection, stage: Table, items: pa.Table) -> None:
+    items = items.select(list(STAGE_COLUMNS))
+    driver = connection.connection.driver_connection
     if connection.dialect.name == "postgresql":
-        driver = connection.connection.driver_connection
-        columns = ", ".join(ITEM_COLUMNS)  # our own column names, not data
-        # Binary COPY: about half the cost of text per row, on both ends.
+        columns = ", ".join(STAGE_COLUMNS)  # our own column names, not data
+        # Binary COPY built from the Arrow columns: the cheapest form for the server to
+        # read, and no Python object per value on this side.
         statement = f"COPY {stage.name} ({columns}) FROM STDIN (FORMAT BINARY)"
         with driver.cursor() as cursor, cursor.copy(statement) as copy:
-            copy.set_types(_COPY_TYPES)
-            for row in rows:
-                copy.write_row(row)
+            for piece in copy_payload(items):
+                copy.write(piece)
         return
-    # Rows carry observed_at already in its stored form (see `_upsert_items`).
-    placeholders = ", ".join("?" for _ in ITEM_COLUMNS)
-    connection.connection.driver_connection.executemany(
-        f"INSERT INTO {stage.name} VALUES ({placeholders})", rows
-    )
+    placeholders = ", ".join("?" for _ in STAGE_COLUMNS)
+    rows = zip(*(column.to_pylist() for column in items.columns), strict=True)
+    driver.executemany(f"INSERT INTO {stage.name} VALUES ({placeholders})", rows)
 
 
-def _upsert_items(
-    connection: Connection, file_row, source_file_id: int, items: Sequence[StagedItem]
-) -> None:
-    latest: dict[str, StagedItem] = {}
-    for item in items:  # a SKU twice in one chunk: the later record wins, as in precedence
-        latest[item.sku] = item
-    observed_at = file_row.observed_at
-    if connection.dialect.name == "sqlite":  # rows go to the driver as they are
-        observed_at = UtcDateTime().process_bind_param(observed_at, connection.dialect)
-    # In SKU order: the server's sort (lock order, below) then finds its input sorted.
-    rows = [
-        latest[sku].as_row(file_row.source, observed_at, file_row.object_key, source_file_id)
-        for sku in sorted(latest)
-    ]
+def _upsert_items(connection: Connection, file_row, source_file_id: int, items: pa.Table) -> None:
+    """`items` hold one row per SKU in SKU order (see `ChunkOutcome`)."""
     if connection.dialect.name == "postgresql":
         connection.exec_driver_sql("SET LOCAL work_mem = '64MB'")  # sorts a chunk in memory
     stage = _stage_table(connection)
-    _fill_stage(connection, stage, rows)
+    _fill_stage(connection, stage, items)
 
     now = utcnow()
     insert = dialect_insert(connection)
-    source_columns = [stage.c[name] for name in ITEM_COLUMNS]
+    file_values = (
+        literal(file_row.source, Text),
+        literal(file_row.observed_at, UtcDateTime),
+        literal(file_row.object_key, Text),
+        literal(source_file_id, Integer),
+    )
     statement = insert(catalog_items).from_select(
-        [*ITEM_COLUMNS, "first_seen_at", "updated_at"],
-        select(*source_columns, literal(now, UtcDateTime), literal(now, UtcDateTime))
+        [*STAGE_COLUMNS, *FILE_COLUMNS, "first_seen_at", "updated_at"],
+        select(
+            *(stage.c[name] for name in STAGE_COLUMNS),
+            *file_values,
+            literal(now, UtcDateTime),
+            literal(now, UtcDateTime),
+        )
         .where(true())
         .order_by(stage.c.sku),
     )
@@ -356,7 +340,7 @@ def _upsert_items(
     statement = statement.on_conflict_do_update(
         index_elements=["sku"],
         set_={
-            **{name: excluded[name] for name in ITEM_COLUMNS if name != "sku"},
+            **{name: excluded[name] for name in (*STAGE_COLUMNS, *FILE_COLUMNS) if name != "sku"},
             "updated_at": now,
         },
         where=tuple_(*(excluded[name] for name in precedence))
@@ -373,7 +357,7 @@ def _upsert_items(
         ["item_id", "source_file_id", "byte_offset", "first_seen_at"],
         select(
             catalog_items.c.id,
-            stage.c.source_file_id,
+            literal(source_file_id, Integer),
             stage.c.source_offset,
             literal(now, UtcDateTime),
         )

@@ -14,7 +14,7 @@ from catalog_pipeline.core.errors import HeaderError
 from catalog_pipeline.core.reader import (
     ENCODING_ERROR,
     MALFORMED_ROW,
-    _parse_columnar,
+    _read_columnar,
     _record_spans,
     read_chunk,
 )
@@ -130,8 +130,12 @@ def test_chunks_yield_exactly_the_records_of_the_whole_file(data, chunk_bytes, b
 
 def test_arrow_reads_regular_chunks_and_declines_the_rest():
     regular = b'a,"x, ""quoted""\nline",1\nb,plain,2\nc,short\nd,"",4\n'
-    records = _parse_columnar(regular, 100, *_spans(regular, 100), 3)
-    assert records is not None  # the fast path ran, short row included
+    chunk = _read_columnar(regular, 100, *_spans(regular, 100), 3)
+    assert chunk is not None  # the fast path ran, short row included
+    assert chunk.table.num_rows == 3 and [r.offset for r in chunk.others] == [
+        100 + regular.index(b"c,")
+    ]
+    records = chunk.records()
     assert [list(r.fields) for r in records] == [
         ["a", 'x, "quoted"\nline', "1"],
         ["b", "plain", "2"],
@@ -150,7 +154,7 @@ def test_arrow_reads_regular_chunks_and_declines_the_rest():
         b"\xef\xbb\xbfa,b,1\n",  # Arrow would drop a leading BOM that csv keeps as text
         b"short\n\xef\xbb\xbfa,b,1\n",  # ... also where a malformed record was cut out
     ):
-        assert _parse_columnar(irregular, 0, *_spans(irregular, 0), 3) is None, irregular
+        assert _read_columnar(irregular, 0, *_spans(irregular, 0), 3) is None, irregular
 
 
 def _spans(data: bytes, base: int):

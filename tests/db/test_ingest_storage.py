@@ -162,16 +162,7 @@ def test_concurrent_chunks_sharing_skus_do_not_deadlock(postgres_engine, local_b
 
     def write(index: int, barrier: threading.Barrier, run_id: str) -> None:
         barrier.wait()
-        outcome = outcomes[index]
-        write_chunk(
-            postgres_engine,
-            planned.source_file_id,
-            index,
-            outcome.items,
-            outcome.invalid,
-            run_id,
-            0,
-        )
+        write_chunk(postgres_engine, planned.source_file_id, index, outcomes[index], run_id, 0)
 
     for attempt in range(3):
         barrier = threading.Barrier(2)
