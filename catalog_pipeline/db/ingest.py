@@ -45,7 +45,7 @@ from catalog_pipeline.core.chunking import ChunkPlan
 from catalog_pipeline.core.ingest import ChunkOutcome, InvalidRecord
 from catalog_pipeline.db.binary_copy import copy_payload
 from catalog_pipeline.db.engine import dialect_insert
-from catalog_pipeline.db.playcount import record_scrape_readings
+from catalog_pipeline.db.playcount import record_scrape_readings, scrape_readings_insert
 from catalog_pipeline.db.tables import (
     UtcDateTime,
     catalog_item_sources,
@@ -346,36 +346,65 @@ def _upsert_items(connection: Connection, file_row, source_file_id: int, items: 
         where=tuple_(*(excluded[name] for name in precedence))
         > tuple_(*(catalog_items.c[name] for name in precedence)),
     )
-    connection.execute(statement)
+    measured_on = file_row.observed_at.date()
     if connection.dialect.name == "postgresql":
+        # One statement upserts the items and writes provenance and readings of every row
+        # it inserted or updated, with the ids RETURNING gives (no lookup by SKU). Rows
+        # that lost on precedence are not returned; only then does the lookup below run.
+        upserted = statement.returning(
+            catalog_items.c.id,
+            catalog_items.c.sku,
+            catalog_items.c.source_offset,
+            catalog_items.c.play_count,
+        ).cte("upserted")
+        provenance = _provenance_insert(connection, upserted, source_file_id, now)
+        readings = scrape_readings_insert(connection, upserted, measured_on, now)
+        returned = connection.execute(
+            select(func.count())
+            .select_from(upserted)
+            .add_cte(provenance.cte("provenance"))
+            .add_cte(readings.cte("readings"))
+        ).scalar_one()
+        if returned == items.num_rows:
+            return
         # Provenance and readings look each staged SKU up in catalog_items. Left alone,
         # the planner hashes the whole catalog for every chunk (a cost that grows with
         # the catalog); a chunk is small next to it, so index lookups are always cheaper.
         connection.exec_driver_sql("SET LOCAL enable_hashjoin = off")
         connection.exec_driver_sql("SET LOCAL enable_mergejoin = off")
-    provenance = insert(catalog_item_sources).from_select(
-        ["item_id", "source_file_id", "byte_offset", "first_seen_at"],
-        select(
-            catalog_items.c.id,
-            literal(source_file_id, Integer),
-            stage.c.source_offset,
-            literal(now, UtcDateTime),
-        )
+    else:
+        connection.execute(statement)
+    staged = (
+        select(catalog_items.c.id, stage.c.sku, stage.c.source_offset)
         .where(catalog_items.c.sku == stage.c.sku)
-        .order_by(stage.c.sku),
+        .subquery()
     )
-    # A SKU twice in one file: provenance points at its last record (the one precedence
-    # keeps), whichever chunk happens to finish first.
-    connection.execute(
-        provenance.on_conflict_do_update(
-            index_elements=["item_id", "source_file_id"],
-            set_={"byte_offset": provenance.excluded.byte_offset},
-            where=provenance.excluded.byte_offset > catalog_item_sources.c.byte_offset,
-        )
-    )
-    record_scrape_readings(connection, stage, file_row.observed_at.date(), now)
+    connection.execute(_provenance_insert(connection, staged, source_file_id, now))
+    record_scrape_readings(connection, stage, measured_on, now)
     if connection.dialect.name == "sqlite":
         stage.drop(connection)
+
+
+def _provenance_insert(connection: Connection, items, source_file_id: int, now):
+    """Provenance of `items` (`id, sku, source_offset`) in this file, in SKU order.
+
+    A SKU twice in one file: provenance points at its last record (the one precedence
+    keeps), whichever chunk happens to finish first.
+    """
+    provenance = dialect_insert(connection)(catalog_item_sources).from_select(
+        ["item_id", "source_file_id", "byte_offset", "first_seen_at"],
+        select(
+            items.c.id,
+            literal(source_file_id, Integer),
+            items.c.source_offset,
+            literal(now, UtcDateTime),
+        ).order_by(items.c.sku),
+    )
+    return provenance.on_conflict_do_update(
+        index_elements=["item_id", "source_file_id"],
+        set_={"byte_offset": provenance.excluded.byte_offset},
+        where=provenance.excluded.byte_offset > catalog_item_sources.c.byte_offset,
+    )
 
 
 def _log_invalid(

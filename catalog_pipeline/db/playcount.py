@@ -75,25 +75,32 @@ def record_scrape_readings(
     counts only grow, so the highest reading of a day is its latest, and the result does
     not depend on the order chunks and files are ingested in. A re-run writes nothing.
     """
+    items = select(catalog_items.c.id, stage.c.sku, stage.c.play_count).where(
+        catalog_items.c.sku == stage.c.sku, stage.c.play_count.is_not(None)
+    )
+    connection.execute(scrape_readings_insert(connection, items.subquery(), measured_on, now))
+
+
+def scrape_readings_insert(connection: Connection, items, measured_on: date, now: datetime):
+    """The insert of `record_scrape_readings` from any `(id, sku, play_count)` selectable,
+    in SKU order (the lock order: see db/ingest.py)."""
     statement = dialect_insert(connection)(playcount_measurements).from_select(
         ["item_id", "origin", "measured_on", "play_count", "recorded_at"],
         select(
-            catalog_items.c.id,
+            items.c.id,
             literal(SCRAPE),
             literal(measured_on, Date),
-            stage.c.play_count,
+            items.c.play_count,
             literal(now, UtcDateTime),
         )
-        .where(catalog_items.c.sku == stage.c.sku, stage.c.play_count.is_not(None))
-        .order_by(stage.c.sku),  # lock order: see db/ingest.py
+        .where(items.c.play_count.is_not(None))
+        .order_by(items.c.sku),
     )
     excluded = statement.excluded
-    connection.execute(
-        statement.on_conflict_do_update(
-            index_elements=["item_id", "origin", "measured_on"],
-            set_={"play_count": excluded.play_count, "recorded_at": excluded.recorded_at},
-            where=excluded.play_count > playcount_measurements.c.play_count,
-        )
+    return statement.on_conflict_do_update(
+        index_elements=["item_id", "origin", "measured_on"],
+        set_={"play_count": excluded.play_count, "recorded_at": excluded.recorded_at},
+        where=excluded.play_count > playcount_measurements.c.play_count,
     )
 
 

@@ -17,7 +17,12 @@ from catalog_pipeline.core.samples import sample_csv
 from catalog_pipeline.core.validation import map_header
 from catalog_pipeline.db.engine import current_revision, upgrade
 from catalog_pipeline.db.ingest import write_chunk
-from catalog_pipeline.db.tables import catalog_items, invalid_item_logs, source_files
+from catalog_pipeline.db.tables import (
+    catalog_item_sources,
+    catalog_items,
+    invalid_item_logs,
+    source_files,
+)
 from catalog_pipeline.ingest import (
     collector_paused,
     finalize,
@@ -71,6 +76,14 @@ def test_older_scrape_backfilled_later_never_overwrites_newer(engine, local_buck
     ingest_object(local_bucket, engine, new_key, 1024)
     ingest_object(local_bucket, engine, old_key, 1024)
     assert _items(engine) == {"A": ("new", new_key), "B": ("b", old_key)}
+    # Provenance lists every file a SKU was seen in, also where its row lost precedence.
+    with engine.connect() as connection:
+        seen = connection.execute(
+            select(catalog_items.c.sku, source_files.c.object_key)
+            .join(catalog_item_sources, catalog_item_sources.c.item_id == catalog_items.c.id)
+            .join(source_files, source_files.c.id == catalog_item_sources.c.source_file_id)
+        ).all()
+    assert sorted(seen) == [("A", old_key), ("A", new_key), ("B", old_key)]
 
 
 def test_new_version_of_a_key_wins_even_at_a_lower_offset(engine, local_bucket):
