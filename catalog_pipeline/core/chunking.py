@@ -23,8 +23,8 @@ from catalog_pipeline.core.errors import HeaderError
 from catalog_pipeline.core.records import CR, UTF8_BOM, RecordScanner
 
 # Each chunk is a Dagster step, which costs about 0.4 s to start (fork, instance, cold
-# connection) whatever its size: 64 MiB (about 50,000 rows of 1.3 KB) keeps that near a
-# tenth of the step while a step stays under 600 MB. Spark reads 128 MB splits.
+# connection) whatever its size: 64 MiB (about 50,000 rows of 1.3 KB) keeps that a small
+# share of the step while a step stays near 700 MB. Spark reads 128 MB splits.
 DEFAULT_CHUNK_BYTES = 64 * 1024 * 1024
 MIN_CHUNK_BYTES = 1024
 MAX_HEADER_BYTES = 1024 * 1024
