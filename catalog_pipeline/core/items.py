@@ -46,10 +46,6 @@ class StagedItem(NamedTuple):
     item: Item
     offset: int
 
-    @property
-    def sku(self) -> str:
-        return self.item.sku
-
     def as_row(self) -> tuple:
         """The row in `STAGE_SCHEMA` order (without the content hash)."""
         item = self.item
