@@ -81,20 +81,22 @@ def record_scrape_readings(
     connection.execute(scrape_readings_insert(connection, items.subquery(), measured_on, now))
 
 
-def scrape_readings_insert(connection: Connection, items, measured_on: date, now: datetime):
+def scrape_readings_insert(
+    connection: Connection, items, measured_on: date, now: datetime, ordered: bool = True
+):
     """The insert of `record_scrape_readings` from any `(id, sku, play_count)` selectable,
-    in SKU order (the lock order: see db/ingest.py)."""
+    in SKU order (the lock order: see db/ingest.py); sorted here unless `ordered` is False
+    because `items` already come in that order."""
+    rows = select(
+        items.c.id,
+        literal(SCRAPE),
+        literal(measured_on, Date),
+        items.c.play_count,
+        literal(now, UtcDateTime),
+    ).where(items.c.play_count.is_not(None))
     statement = dialect_insert(connection)(playcount_measurements).from_select(
         ["item_id", "origin", "measured_on", "play_count", "recorded_at"],
-        select(
-            items.c.id,
-            literal(SCRAPE),
-            literal(measured_on, Date),
-            items.c.play_count,
-            literal(now, UtcDateTime),
-        )
-        .where(items.c.play_count.is_not(None))
-        .order_by(items.c.sku),
+        rows.order_by(items.c.sku) if ordered else rows,
     )
     excluded = statement.excluded
     return statement.on_conflict_do_update(
