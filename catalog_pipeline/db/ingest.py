@@ -229,10 +229,12 @@ def write_chunk(
                 source_files.c.observed_at,
             ).where(source_files.c.id == source_file_id)
         ).one()
-        if items.num_rows:
-            _upsert_items(connection, file_row, source_file_id, items)
+        # Invalid rows first: the upsert's row locks (which a chunk of the same file
+        # sharing SKUs waits for) are then held only until the commit that follows it.
         if invalid:
             _log_invalid(connection, file_row.object_key, source_file_id, chunk_index, invalid)
+        if items.num_rows:
+            _upsert_items(connection, file_row, source_file_id, items)
         _record_attempt(
             connection,
             source_file_id,
