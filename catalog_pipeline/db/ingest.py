@@ -421,7 +421,7 @@ def _provenance_insert(
         rows.order_by(items.c.sku) if ordered else rows,
     )
     return provenance.on_conflict_do_update(
-        index_elements=["item_id", "source_file_id"],
+        index_elements=["source_file_id", "item_id"],
         set_={"byte_offset": provenance.excluded.byte_offset},
         where=provenance.excluded.byte_offset > catalog_item_sources.c.byte_offset,
     )

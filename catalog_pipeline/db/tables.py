@@ -143,21 +143,20 @@ catalog_items = Table(
     Column("content_hash", String(64), nullable=False),
     Column("first_seen_at", UtcDateTime, nullable=False, default=utcnow),
     Column("updated_at", UtcDateTime, nullable=False, default=utcnow),
-    Index(None, "source"),
-    Index(None, "external_id"),
+    # No index on `source` or `external_id`: no query looks a value up in either, and
+    # each would cost every new item an index insert (migration 0004).
 )
 
 catalog_item_sources = Table(
     "catalog_item_sources",
     metadata,
-    Column("id", Integer, primary_key=True),
     # No FKs on the bulk-written tables: references hold by construction (migration 0003).
-    Column("item_id", Integer, nullable=False),
-    Column("source_file_id", Integer, nullable=False),
+    # The natural key is the primary key (migration 0004): file first, so it also serves
+    # "the items of a file", the only lookup there is.
+    Column("source_file_id", Integer, primary_key=True, autoincrement=False),
+    Column("item_id", Integer, primary_key=True, autoincrement=False),
     Column("byte_offset", BigInteger, nullable=False),
     Column("first_seen_at", UtcDateTime, nullable=False, default=utcnow),
-    UniqueConstraint("item_id", "source_file_id"),
-    Index(None, "source_file_id"),
 )
 
 invalid_item_logs = Table(
@@ -191,13 +190,12 @@ item_classifications = Table(
 playcount_measurements = Table(
     "playcount_measurements",
     metadata,
-    Column("id", Integer, primary_key=True),
-    Column("item_id", Integer, nullable=False),  # no FK: see migration 0003
-    Column("origin", String(20), nullable=False),
-    Column("measured_on", Date, nullable=False),
+    # The natural key is the primary key (migration 0004); no FK: see migration 0003.
+    Column("item_id", Integer, primary_key=True, autoincrement=False),
+    Column("origin", String(20), primary_key=True),
+    Column("measured_on", Date, primary_key=True),
     Column("play_count", BigInteger, nullable=False),
     Column("recorded_at", UtcDateTime, nullable=False, default=utcnow),
-    UniqueConstraint("item_id", "origin", "measured_on"),
 )
 
 playcount_backfill_queue = Table(

@@ -1,6 +1,6 @@
 """The bulk-written tables carry no foreign keys (migration 0003): their references must
 hold by construction. Also: the migrated schema is exactly what `db/tables.py` declares,
-and migration 0003 upgrades a populated database without losing a row."""
+and migrations 0003 and 0004 change a populated database without losing a row."""
 
 from __future__ import annotations
 
@@ -8,12 +8,19 @@ import sqlite3
 from contextlib import closing
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
 
 from catalog_pipeline.core.samples import sample_csv
-from catalog_pipeline.db.engine import current_revision, head_revision, make_engine, upgrade
+from catalog_pipeline.db.engine import (
+    alembic_config,
+    current_revision,
+    head_revision,
+    make_engine,
+    upgrade,
+)
 from catalog_pipeline.db.tables import metadata
 from catalog_pipeline.ingest import ingest_object
 from tests.helpers import dump
@@ -119,3 +126,45 @@ def test_sqlite_migration_refuses_broken_references_before_touching_anything(tmp
     upgrade(engine)  # once fixed, the same database migrates
     assert current_revision(engine) == head_revision()
     engine.dispose()
+
+
+def test_migration_0004_keeps_every_row_both_ways(engine, local_bucket):
+    """Down to 0003 (surrogate ids numbered anew) and up again (natural keys as primary
+    keys): every provenance and measurement row survives both, and the old schema still
+    takes new rows without an id given."""
+    _ingest_history(engine, local_bucket)
+    before = dump(engine, exclude={})
+    assert before["catalog_item_sources"] and before["playcount_measurements"]
+    command.downgrade(alembic_config(engine), "0003")
+    assert dump(engine, exclude={}) == before
+    inspector = inspect(engine)
+    for table in ("catalog_item_sources", "playcount_measurements"):
+        assert inspector.get_pk_constraint(table)["constrained_columns"] == ["id"]
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO playcount_measurements (item_id, origin, measured_on, play_count, "
+                "recorded_at) VALUES (1, 'provider', '2020-01-01', 5, CURRENT_TIMESTAMP)"
+            )
+        )
+        ids = connection.execute(text("SELECT id FROM playcount_measurements")).scalars().all()
+    assert sorted(ids) == list(range(1, len(before["playcount_measurements"]) + 2))
+    upgrade(engine)
+    after = dump(engine, exclude={})
+    assert len(after["playcount_measurements"]) == len(before["playcount_measurements"]) + 1
+    after["playcount_measurements"] = [
+        row for row in after["playcount_measurements"] if row[1] != "provider"
+    ]
+    assert after == before
+    inspector = inspect(engine)
+    assert inspector.get_pk_constraint("catalog_item_sources")["constrained_columns"] == [
+        "source_file_id",
+        "item_id",
+    ]
+    assert inspector.get_pk_constraint("playcount_measurements")["constrained_columns"] == [
+        "item_id",
+        "origin",
+        "measured_on",
+    ]
+    indexes = {index["name"] for index in inspector.get_indexes("catalog_items")}
+    assert not indexes & {"ix_catalog_items_source", "ix_catalog_items_external_id"}
