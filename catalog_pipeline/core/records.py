@@ -50,8 +50,57 @@ class RecordScanner:
             return np.empty(0, dtype=np.int64)
         arr = np.frombuffer(data, dtype=np.uint8)
         newlines = np.flatnonzero(arr == LF)
-        quotes = np.flatnonzero(arr == QUOTE).tolist()
+        quotes = np.flatnonzero(arr == QUOTE)
 
+        spans = None if self.state == _QUOTE_SEEN else self._alternating(arr, quotes)
+        if spans is None:
+            opens, closes, state = self._walk(arr, quotes.tolist())
+        else:
+            opens, closes = spans
+            state = _INSIDE if len(opens) > len(closes) else _OUTSIDE
+        self.state = state
+        self.prev_byte = int(arr[-1])
+
+        if not len(opens):
+            return newlines.astype(np.int64) + base
+        starts = np.asarray(opens, dtype=np.int64)
+        ends = np.asarray(closes, dtype=np.int64)
+        if len(ends) < len(starts):
+            ends = np.append(ends, size)  # still inside quotes at the end of this piece
+        slot = np.searchsorted(starts, newlines, side="right") - 1
+        inside = (slot >= 0) & (newlines < ends[np.maximum(slot, 0)])
+        return newlines[~inside].astype(np.int64) + base
+
+    def _alternating(self, arr: np.ndarray, quotes: np.ndarray) -> tuple[np.ndarray, ...] | None:
+        """The opening and closing quotes when they simply alternate, found without a loop;
+        None when `_walk` must decide.
+
+        Quotes alternate open, close, open, … exactly when every quote taken as an opening
+        one starts a field (follows `,`, a line break or the start) or directly follows
+        the closing one before it: that pair is a doubled quote, which `_walk` skips inside
+        a field and which leaves the same bytes inside. A quote on the piece's last byte is
+        left to `_walk` (the next piece's first byte decides it).
+        """
+        size = len(arr)
+        if len(quotes) and quotes[-1] == size - 1:
+            return None
+        inside = self.state == _INSIDE
+        opens, closes = (quotes[1::2], quotes[0::2]) if inside else (quotes[0::2], quotes[1::2])
+        # The quote before each opening one: the closing one of the same index when the
+        # piece starts inside quotes, the one before otherwise (none for the first).
+        before_quote = closes[: len(opens)] if inside else np.append(-2, closes)[: len(opens)]
+        before = arr[np.maximum(opens - 1, 0)]
+        if len(opens) and opens[0] == 0:
+            before = before.copy()
+            before[0] = self.prev_byte
+        starts_field = (before == COMMA) | (before == LF) | (before == CR)
+        if not bool(np.all(starts_field | (before_quote == opens - 1))):
+            return None
+        return (np.append(-1, opens) if inside else opens), closes
+
+    def _walk(self, arr: np.ndarray, quotes: list[int]) -> tuple[list[int], list[int], int]:
+        """Quote by quote, as `csv` reads them: (opening quotes, closing quotes, state)."""
+        size = len(arr)
         opens: list[int] = []
         closes: list[int] = []
         state = self.state
@@ -82,16 +131,4 @@ class RecordScanner:
                     closes.append(position)
             else:
                 state = _QUOTE_SEEN  # decided by the next piece's first byte
-
-        self.state = state
-        self.prev_byte = int(arr[-1])
-
-        if not opens:
-            return newlines.astype(np.int64) + base
-        if len(closes) < len(opens):
-            closes.append(size)  # still inside quotes at the end of this piece
-        starts = np.asarray(opens, dtype=np.int64)
-        ends = np.asarray(closes, dtype=np.int64)
-        slot = np.searchsorted(starts, newlines, side="right") - 1
-        inside = (slot >= 0) & (newlines < ends[np.maximum(slot, 0)])
-        return newlines[~inside].astype(np.int64) + base
+        return opens, closes, state

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -272,3 +273,40 @@ def test_header_from_prefix_reads_the_same_header_as_the_planner(data, size, exp
 def test_header_from_prefix_rejects_unreadable_headers(data, message):
     with pytest.raises(HeaderError, match=message):
         header_from_prefix(data, len(data))
+
+
+class _WalkingScanner(RecordScanner):
+    """The scanner with its loop-free path turned off: every quote is walked one by one."""
+
+    def _alternating(self, arr, quotes):
+        return None
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    text=st.lists(
+        st.sampled_from(['"', '""', ",", "\n", "\r", "\r\n", "a", 'a"', ',"']), max_size=60
+    ),
+    block_sizes=st.lists(st.integers(min_value=1, max_value=12), min_size=1, max_size=4),
+)
+def test_loop_free_quote_scan_finds_the_record_ends_of_the_walk(text, block_sizes):
+    """Where quotes simply alternate the scan skips its per-quote loop; on any bytes, fed
+    in any pieces, it finds the same record ends and ends in the same state."""
+    data = "".join(text).encode()
+    fast, walked = RecordScanner(), _WalkingScanner()
+    offset = 0
+    for block in _blocks(data, block_sizes):
+        assert fast.feed(block, offset).tolist() == walked.feed(block, offset).tolist()
+        assert (fast.state, fast.prev_byte) == (walked.state, walked.prev_byte)
+        offset += len(block)
+
+
+def test_loop_free_quote_scan_is_taken_for_regular_quotes():
+    scanner = RecordScanner()
+    data = b'a,"b\nc",d\n"e""f",g\nh,i\n'
+    quotes = np.flatnonzero(np.frombuffer(data, np.uint8) == ord('"'))
+    assert scanner._alternating(np.frombuffer(data, np.uint8), quotes) is not None
+    assert scanner.feed(data).tolist() == [9, 18, 22]
+    stray = b'a,b"c\n'  # a quote inside an unquoted field is literal: walked
+    quotes = np.flatnonzero(np.frombuffer(stray, np.uint8) == ord('"'))
+    assert RecordScanner()._alternating(np.frombuffer(stray, np.uint8), quotes) is None
