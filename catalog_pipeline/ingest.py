@@ -22,6 +22,7 @@ from catalog_pipeline.core.bucket import Bucket, ObjectInfo
 from catalog_pipeline.core.chunking import ByteRange, ChunkPlan, plan_chunks
 from catalog_pipeline.core.errors import ChunkError, HeaderError, ObjectChangedError
 from catalog_pipeline.core.ingest import ChunkOutcome, process_chunk_bytes
+from catalog_pipeline.core.memory import without_transparent_hugepages
 from catalog_pipeline.core.naming import parse_object_key
 from catalog_pipeline.core.validation import HeaderMapping, MissingColumnsError, map_header
 from catalog_pipeline.db import ingest as db
@@ -123,6 +124,7 @@ def ingest_chunk(
     Raises `ObjectChangedError` if the object was overwritten since planning and
     `ChunkError` for anything else, after recording the failure on the chunk row.
     """
+    without_transparent_hugepages()  # once per process: see core.memory
     with collector_paused():
         return _ingest_chunk(bucket, engine, planned, chunk, run_id)
 

@@ -1,0 +1,56 @@
+"""Chunk work turns transparent huge pages off for its process (core.memory)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from catalog_pipeline.core.memory import TRANSPARENT_HUGEPAGES
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl is Linux's")
+
+# Ingest one small object, then print the process's THP-disabled flag before and after
+# (PR_SET_THP_DISABLE is 41, PR_GET_THP_DISABLE 42) and the rows ingested.
+PROGRAM = """
+import ctypes, sys, tempfile
+from pathlib import Path
+from catalog_pipeline.core.bucket import LocalBucket
+from catalog_pipeline.core.samples import sample_csv
+from catalog_pipeline.db.engine import make_engine, upgrade
+from catalog_pipeline.ingest import ingest_object
+
+libc = ctypes.CDLL(None)
+libc.prctl(41, 0, 0, 0, 0)  # the kernel's default, whatever the test process had set
+before = libc.prctl(42, 0, 0, 0, 0)
+folder = Path(tempfile.mkdtemp())
+bucket = LocalBucket(folder / "bucket")
+bucket.put("shop_2026-01-01T00-00-00.csv", sample_csv(50, seed=1))
+engine = make_engine(f"sqlite:///{folder / 'c.sqlite'}")
+upgrade(engine)
+summary, _ = ingest_object(bucket, engine, "shop_2026-01-01T00-00-00.csv", 64 * 1024)
+print(before, libc.prctl(42, 0, 0, 0, 0), summary.rows_total)
+"""
+
+
+def _flags(**env: str) -> list[str]:
+    environment = {k: v for k, v in os.environ.items() if k != TRANSPARENT_HUGEPAGES}
+    result = subprocess.run(
+        [sys.executable, "-c", PROGRAM],
+        env={**environment, **env},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    return result.stdout.split()
+
+
+def test_ingesting_a_chunk_turns_transparent_huge_pages_off():
+    assert _flags() == ["0", "1", "50"]
+
+
+def test_the_setting_keeps_the_kernel_default():
+    assert _flags(**{TRANSPARENT_HUGEPAGES: "on"}) == ["0", "0", "50"]
