@@ -16,7 +16,7 @@ import pyarrow as pa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from catalog_pipeline.core.columnar import STAGE_SCHEMA, accept_rows, unstripped
+from catalog_pipeline.core.columnar import STAGE_SCHEMA, _at_most, accept_rows, unstripped
 from catalog_pipeline.core.ingest import process_chunk_bytes
 from catalog_pipeline.core.items import StagedItem, content_hash
 from catalog_pipeline.core.reader import ColumnarChunk, read_chunk, read_chunk_columns
@@ -257,3 +257,11 @@ def test_unstripped_agrees_with_str_strip_for_every_whitespace_character():
     column = pa.array(values)
     expected = [bool(v) and v.strip() == v for v in values]
     assert unstripped(column).tolist() == expected
+
+
+def test_length_limit_counts_code_points_not_bytes():
+    """Values over the limit in bytes but not in code points pass; a slice of a column
+    (non-zero offset) is measured on its own values."""
+    values = ["a" * 5, "a" * 6, "é" * 5, "é" * 6, "日本語日本", "", "💿" * 5 + "x"]
+    column = pa.array(["padding", *values]).slice(1)
+    assert _at_most(column, 5).tolist() == [len(v) <= 5 for v in values]
