@@ -196,16 +196,20 @@ def ingest_object(
     multiprocess executor runs chunk steps); the bucket must then be picklable and the
     engine's URL must reach the same database from another process.
     """
-    planned = plan_object(bucket, engine, key, chunk_bytes, run_id)
     reasons: Counter = Counter()
-    workers = min(workers, len(planned.chunks))
     if workers <= 1:
+        planned = plan_object(bucket, engine, key, chunk_bytes, run_id)
         for chunk in planned.chunks:
             reasons.update(ingest_chunk(bucket, engine, planned, chunk, run_id).reasons)
         return finalize(engine, planned), reasons
     url = engine.url.render_as_string(hide_password=False)
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        # The workers start (a fresh interpreter each, about a second of imports) while
+        # this process plans the object, instead of after it.
+        for _ in range(workers):
+            pool.submit(_start_worker, url)
+        planned = plan_object(bucket, engine, key, chunk_bytes, run_id)
         futures = [
             pool.submit(_ingest_chunk_in_worker, bucket, url, planned, chunk, run_id)
             for chunk in planned.chunks
@@ -218,6 +222,10 @@ def ingest_object(
 @functools.cache
 def _worker_engine(url: str) -> Engine:
     return make_engine(url)
+
+
+def _start_worker(url: str) -> None:
+    _worker_engine(url)  # imports the database driver
 
 
 def _ingest_chunk_in_worker(
