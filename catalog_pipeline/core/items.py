@@ -99,19 +99,23 @@ def latest_per_sku(table: pa.Table, candidates: np.ndarray | None = None) -> pa.
     return table.take(rows[order[first]])
 
 
-def with_content_hash(table: pa.Table) -> pa.Table:
+def with_content_hash(table: pa.Table, rows_per_piece: int = 8192) -> pa.Table:
     """`table` plus a `content_hash` column: `content_hash` of each row's item, hashed
-    from one joined Arrow column instead of a Python string per row."""
-    text = [pc.fill_null(table.column(name), "") for name in _HASHED]
-    payload = pc.binary_join_element_wise(*text, "\x1f").combine_chunks()
-    wide = pa.types.is_large_string(payload.type)
-    offsets = np.frombuffer(payload.buffers()[1], dtype=np.int64 if wide else np.int32)
-    offsets = offsets[payload.offset : payload.offset + len(payload) + 1].tolist()
-    data = memoryview(payload.buffers()[2] or b"")
-    hashes = [
-        blake2b(data[start:end], digest_size=16).hexdigest()
-        for start, end in zip(offsets[:-1], offsets[1:], strict=True)
-    ]
+    from joined Arrow columns instead of a Python string per row (`rows_per_piece` rows
+    joined at a time, so the pieces reuse one another's memory)."""
+    hashes: list[str] = []
+    for start in range(0, table.num_rows, rows_per_piece):
+        piece = table.slice(start, rows_per_piece)
+        text = [pc.fill_null(piece.column(name), "") for name in _HASHED]
+        payload = pc.binary_join_element_wise(*text, "\x1f").combine_chunks()
+        wide = pa.types.is_large_string(payload.type)
+        offsets = np.frombuffer(payload.buffers()[1], dtype=np.int64 if wide else np.int32)
+        offsets = offsets[payload.offset : payload.offset + len(payload) + 1].tolist()
+        data = memoryview(payload.buffers()[2] or b"")
+        hashes.extend(
+            blake2b(data[begin:end], digest_size=16).hexdigest()
+            for begin, end in zip(offsets[:-1], offsets[1:], strict=True)
+        )
     return table.append_column("content_hash", pa.array(hashes, pa.string()))
 
 

@@ -11,6 +11,7 @@ sent as it is. psycopg's `write_row` does the same work per value in Python call
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -28,22 +29,29 @@ _FIXED = {
 }
 
 
-def copy_payload(table: pa.Table) -> list[memoryview]:
+ROWS_PER_PIECE = 8192
+
+
+def copy_payload(table: pa.Table, rows_per_piece: int = ROWS_PER_PIECE) -> Iterator[memoryview]:
     """The binary COPY stream of `table`'s rows, in pieces to write in order.
 
     Text columns go as text (valid UTF-8 in Arrow), float64 as float8, int64 as int8 and
     int32 as int4; the COPY's column list must name the same columns in the same order.
+    Rows are framed `rows_per_piece` at a time: each piece's memory is reused by the
+    next instead of a whole chunk's rows being laid out twice at once (fresh memory
+    costs a page fault per 4 KiB).
     """
-    if table.num_rows == 0:
-        return [memoryview(SIGNATURE + TRAILER)]
-    framed = [_framed(table.column(index).combine_chunks()) for index in range(table.num_columns)]
+    yield memoryview(SIGNATURE)
     count = struct.pack("!h", table.num_columns)
-    rows = pc.binary_join_element_wise(count, *framed, b"")
-    wide = pa.types.is_large_binary(rows.type)
-    offsets = np.frombuffer(rows.buffers()[1], dtype=np.int64 if wide else np.int32)
-    start, end = int(offsets[rows.offset]), int(offsets[rows.offset + len(rows)])
-    body = memoryview(rows.buffers()[2])[start:end]
-    return [memoryview(SIGNATURE), body, memoryview(TRAILER)]
+    for start in range(0, table.num_rows, rows_per_piece):
+        piece = table.slice(start, rows_per_piece)
+        framed = [_framed(piece.column(i).combine_chunks()) for i in range(piece.num_columns)]
+        rows = pc.binary_join_element_wise(count, *framed, b"")
+        wide = pa.types.is_large_binary(rows.type)
+        offsets = np.frombuffer(rows.buffers()[1], dtype=np.int64 if wide else np.int32)
+        begin, end = int(offsets[rows.offset]), int(offsets[rows.offset + len(rows)])
+        yield memoryview(rows.buffers()[2])[begin:end]
+    yield memoryview(TRAILER)
 
 
 def _framed(column: pa.Array) -> pa.Array:
