@@ -123,14 +123,16 @@ def read_chunk_columns(
     """Like `read_chunk`, but a chunk Arrow can read comes back as columns."""
     scanner = RecordScanner()
     view = memoryview(data)
+    quotes: list[np.ndarray] = [np.empty(0, np.int64)]
     newlines = [
-        scanner.feed(view[at : at + _BLOCK_BYTES], base + at)
+        scanner.feed(view[at : at + _BLOCK_BYTES], base + at, quotes)
         for at in range(0, len(data), _BLOCK_BYTES)
     ]
     starts, ends = _record_spans(data, base, np.concatenate(newlines or [np.empty(0, np.int64)]))
     if not scanner.inside_quotes:
         if field_count is not None:
-            columnar = _read_columnar(data, base, starts, ends, field_count)
+            found = np.concatenate(quotes) - base
+            columnar = _read_columnar(data, base, starts, ends, field_count, found)
             if columnar is not None:
                 return columnar
         records = _parse_whole(data, starts.tolist(), ends.tolist())
@@ -205,16 +207,31 @@ def _regular_quotes(buffer: np.ndarray, quotes: np.ndarray) -> bool:
 
 def _field_counts(buffer: np.ndarray, quotes: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     """Fields per record (commas outside quotes + 1); `offsets` are record starts in
-    `buffer`, whose quotes (at `quotes`) are regular."""
+    `buffer`, whose quotes (at `quotes`) are regular.
+
+    The commas are counted by position, not attributed one by one: the commas before
+    each record start and before each quote are found by binary search in the sorted
+    comma positions, so the work per comma is one comparison, not two searches."""
     commas = _find(buffer, COMMA)
+    before_start = np.searchsorted(commas, offsets)
+    per_record = np.diff(np.append(before_start, len(commas)))
     if len(quotes):
-        commas = commas[np.searchsorted(quotes, commas) % 2 == 0]
-    owners = np.searchsorted(offsets, commas, side="right") - 1
-    return np.bincount(owners, minlength=len(offsets)) + 1
+        opens, closes = quotes[0::2], quotes[1::2]
+        quoted = np.searchsorted(commas, closes) - np.searchsorted(commas, opens)
+        owners = np.searchsorted(offsets, opens, side="right") - 1
+        per_record -= np.bincount(owners, weights=quoted, minlength=len(offsets)).astype(
+            per_record.dtype
+        )
+    return per_record + 1
 
 
 def _read_columnar(
-    data: bytes, base: int, starts: np.ndarray, ends: np.ndarray, field_count: int
+    data: bytes,
+    base: int,
+    starts: np.ndarray,
+    ends: np.ndarray,
+    field_count: int,
+    quotes: np.ndarray | None = None,
 ) -> ColumnarChunk | None:
     """Arrow's CSV parser over the chunk's well-formed records, or None to leave the chunk
     to `csv` (irregular quotes, a NUL or bare CR, invalid UTF-8, a field `csv` would
@@ -224,7 +241,8 @@ def _read_columnar(
     if int((ends - starts).max()) > csv.field_size_limit():
         return None  # csv refuses such a field (malformed_row); Arrow would read it
     buffer = np.frombuffer(data, dtype=np.uint8)
-    quotes = _find(buffer, QUOTE)
+    if quotes is None:  # (positions in `data`; the record scan has usually found them)
+        quotes = _find(buffer, QUOTE)
     if not _regular_quotes(buffer, quotes):
         return None
     offsets = starts - base

@@ -43,14 +43,22 @@ class RecordScanner:
         """True when the data fed so far ends inside a quoted field."""
         return self.state == _INSIDE
 
-    def feed(self, data: bytes | memoryview, base: int = 0) -> np.ndarray:
-        """Return the absolute offsets (base + index) of the LFs in `data` that end records."""
+    def feed(
+        self, data: bytes | memoryview, base: int = 0, quotes_seen: list | None = None
+    ) -> np.ndarray:
+        """Return the absolute offsets (base + index) of the LFs in `data` that end records.
+
+        `quotes_seen`, if given, gets the absolute offsets of the piece's quote characters
+        appended (as one array), for a caller that needs them too.
+        """
         size = len(data)
         if size == 0:
             return np.empty(0, dtype=np.int64)
         arr = np.frombuffer(data, dtype=np.uint8)
         newlines = np.flatnonzero(arr == LF)
         quotes = np.flatnonzero(arr == QUOTE)
+        if quotes_seen is not None:
+            quotes_seen.append(quotes + base)
 
         spans = None if self.state == _QUOTE_SEEN else self._alternating(arr, quotes)
         if spans is None:

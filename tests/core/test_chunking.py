@@ -15,9 +15,11 @@ from catalog_pipeline.core.errors import HeaderError
 from catalog_pipeline.core.reader import (
     ENCODING_ERROR,
     MALFORMED_ROW,
+    ColumnarChunk,
     _read_columnar,
     _record_spans,
     read_chunk,
+    read_chunk_columns,
 )
 from catalog_pipeline.core.records import RecordScanner
 
@@ -146,6 +148,9 @@ def test_arrow_reads_regular_chunks_and_declines_the_rest():
     assert [r.offset for r in records] == [
         100 + regular.index(k) for k in (b"a,", b"b,", b"c,", b"d,")
     ]
+    # The same chunk read whole takes the fast path with the quotes the record scan found.
+    whole = read_chunk_columns(regular, 100, True, 3)
+    assert isinstance(whole, ColumnarChunk) and whole.table.equals(chunk.table)
     for irregular in (
         b'a,ab"c,1\n',
         b'a,"ab"c,1\n',
