@@ -81,6 +81,14 @@ _UNITS = pa.array(list(GRAMS_PER_UNIT))
 _FACTORS = pa.array(list(GRAMS_PER_UNIT.values()), pa.float64())
 
 
+def contiguous(column: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """`column` as one array. `combine_chunks` copies even a single chunk (a whole
+    chunk's text, in fresh memory); one chunk is returned as it is."""
+    if isinstance(column, pa.ChunkedArray):
+        return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+    return column
+
+
 def _matches(column: pa.Array, pattern: str) -> np.ndarray:
     return pc.match_substring_regex(column, pattern).to_numpy(zero_copy_only=False)
 
@@ -213,7 +221,7 @@ def accept_rows(table: pa.Table, mapping: HeaderMapping) -> tuple[np.ndarray, pa
     Returns a boolean mask and a table in `STAGE_SCHEMA` order without `source_offset`.
     """
     rows = table.num_rows
-    columns = {name: table.column(index).combine_chunks() for name, index in _fields(mapping)}
+    columns = {name: contiguous(table.column(index)) for name, index in _fields(mapping)}
     accepted = np.ones(rows, dtype=bool)
 
     def keep(check: np.ndarray, value: pa.Array) -> pa.Array:

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from catalog_pipeline.core.columnar import STAGE_SCHEMA
+from catalog_pipeline.core.columnar import STAGE_SCHEMA, contiguous
 from catalog_pipeline.core.validation import Item
 
 # JSON strings that need no escaping: printable ASCII without quotes or backslashes.
@@ -92,7 +92,7 @@ def latest_per_sku(table: pa.Table, candidates: np.ndarray | None = None) -> pa.
         }
     )
     order = pc.sort_indices(keys, [("sku", "ascending"), ("offset", "descending")]).to_numpy()
-    skus = keys.column("sku").take(order).combine_chunks()
+    skus = contiguous(keys.column("sku").take(order))
     first = np.ones(len(order), dtype=bool)
     if len(order) > 1:
         first[1:] = pc.not_equal(skus[1:], skus[:-1]).to_numpy(zero_copy_only=False)
@@ -107,7 +107,7 @@ def with_content_hash(table: pa.Table, rows_per_piece: int = 8192) -> pa.Table:
     for start in range(0, table.num_rows, rows_per_piece):
         piece = table.slice(start, rows_per_piece)
         text = [pc.fill_null(piece.column(name), "") for name in _HASHED]
-        payload = pc.binary_join_element_wise(*text, "\x1f").combine_chunks()
+        payload = contiguous(pc.binary_join_element_wise(*text, "\x1f"))
         wide = pa.types.is_large_string(payload.type)
         offsets = np.frombuffer(payload.buffers()[1], dtype=np.int64 if wide else np.int32)
         offsets = offsets[payload.offset : payload.offset + len(payload) + 1].tolist()

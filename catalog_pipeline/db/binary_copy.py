@@ -17,6 +17,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from catalog_pipeline.core.columnar import contiguous
+
 SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
 TRAILER = struct.pack("!h", -1)
 _NULL = struct.pack("!i", -1)
@@ -45,7 +47,7 @@ def copy_payload(table: pa.Table, rows_per_piece: int = ROWS_PER_PIECE) -> Itera
     count = struct.pack("!h", table.num_columns)
     for start in range(0, table.num_rows, rows_per_piece):
         piece = table.slice(start, rows_per_piece)
-        framed = [_framed(piece.column(i).combine_chunks()) for i in range(piece.num_columns)]
+        framed = [_framed(contiguous(piece.column(i))) for i in range(piece.num_columns)]
         rows = pc.binary_join_element_wise(count, *framed, b"")
         wide = pa.types.is_large_binary(rows.type)
         offsets = np.frombuffer(rows.buffers()[1], dtype=np.int64 if wide else np.int32)

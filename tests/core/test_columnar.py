@@ -16,7 +16,13 @@ import pyarrow as pa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from catalog_pipeline.core.columnar import STAGE_SCHEMA, _at_most, accept_rows, unstripped
+from catalog_pipeline.core.columnar import (
+    STAGE_SCHEMA,
+    _at_most,
+    accept_rows,
+    contiguous,
+    unstripped,
+)
 from catalog_pipeline.core.ingest import process_chunk_bytes
 from catalog_pipeline.core.items import StagedItem, content_hash
 from catalog_pipeline.core.reader import ColumnarChunk, read_chunk, read_chunk_columns
@@ -265,3 +271,11 @@ def test_length_limit_counts_code_points_not_bytes():
     values = ["a" * 5, "a" * 6, "é" * 5, "é" * 6, "日本語日本", "", "💿" * 5 + "x"]
     column = pa.array(["padding", *values]).slice(1)
     assert _at_most(column, 5).tolist() == [len(v) <= 5 for v in values]
+
+
+def test_contiguous_keeps_a_single_chunk_and_joins_several():
+    one = pa.chunked_array([pa.array(["ab", "c"])])
+    assert contiguous(one).buffers()[2].address == one.chunk(0).buffers()[2].address
+    several = pa.chunked_array([pa.array(["ab"]), pa.array(["c", None])])
+    assert contiguous(several).to_pylist() == ["ab", "c", None]
+    assert contiguous(pa.chunked_array([], pa.string())).to_pylist() == []
