@@ -167,14 +167,20 @@ def _spans(data: bytes, base: int):
     return _record_spans(data, base, RecordScanner().feed(data, base))
 
 
-def test_chunk_sizes_stay_near_the_target():
+def test_chunks_are_as_few_as_the_target_allows_and_even():
+    """As many chunks as the target size needs, all about the same size (the last one
+    too: no small remainder), none over the target by more than a record."""
     rows = "".join(f'sku{i},"line one\nline two, with comma",{i}\n' for i in range(3000))
     data = ("sku,description,n\n" + rows).encode()
-    plan = plan_chunks([data], len(data), 4096)
-    sizes = [c.size for c in plan.chunks]
-    assert len(plan.chunks) == pytest.approx(len(data) / 4096, abs=2)
-    assert all(4096 <= size < 4096 + 64 for size in sizes[:-1])
-    assert plan.record_count == 3000
+    for target in (4096, 5000, 10_000):
+        plan = plan_chunks(_blocks(data, [777]), len(data), target)
+        data_bytes = len(data) - plan.data_start
+        count = -(-data_bytes // target)
+        sizes = [c.size for c in plan.chunks]
+        assert len(sizes) == count
+        assert all(abs(size - data_bytes / count) < 64 for size in sizes), sizes
+        assert max(sizes) < target + 64
+        assert plan.record_count == 3000
 
 
 def test_row_longer_than_any_window_is_one_record():
