@@ -35,7 +35,7 @@ def multiprocess_config(workers: int) -> dict:
     """Chunk steps forked from a server that has already imported the code location.
 
     The default (spawn) starts a fresh interpreter per step, which then imports Dagster
-    and our definitions again: about 3 s a step. Forking a warm server costs about 0.4 s.
+    and our definitions again: about 3 s a step. Forking a warm server costs about 0.2 s.
     """
     return {
         "max_concurrent": workers,
