@@ -406,8 +406,10 @@ def _run_method(arguments: argparse.Namespace) -> dict:
     if method == "core_1_worker":
         return core(path, arguments.database_url, arguments.chunk_bytes, 1)
     if method == "sqlite":
-        sqlite_url = f"sqlite:///{path.parent.parent / 'bench.sqlite'}"
-        return core(path, sqlite_url, arguments.chunk_bytes, arguments.workers)
+        database = path.parent.parent / "bench.sqlite"
+        for stale in (database, *database.parent.glob(f"{database.name}-*")):
+            stale.unlink(missing_ok=True)  # a fresh database, as PostgreSQL's schema is
+        return core(path, f"sqlite:///{database}", arguments.chunk_bytes, arguments.workers)
     if method == "dagster":
         return dagster(path, arguments.database_url, arguments.chunk_bytes, arguments.workers)
     if method == "dagster_1_worker":
