@@ -6,9 +6,11 @@ exactly as Python's `csv` module reads it; inside a quoted field a doubled quote
 escaped quote. Stray quotes in unquoted fields (`12" vinyl`) are therefore literal and
 never swallow the following lines.
 
-The scan runs numpy over the bytes and a Python loop only over quote characters, so it
-costs about one pass over the data. Multi-byte UTF-8 is safe: no byte of a multi-byte
-sequence equals `"`, `,`, CR or LF.
+The scan runs numpy over the bytes. Where the quotes of a piece simply alternate (each
+one that opens starts a field or follows a doubled quote, as in any well-formed CSV),
+numpy also tells the opening from the closing ones; otherwise a Python loop walks the
+quote characters. Either way it costs about one pass over the data. Multi-byte UTF-8 is
+safe: no byte of a multi-byte sequence equals `"`, `,`, CR or LF.
 """
 
 from __future__ import annotations
