@@ -82,11 +82,19 @@ def record_scrape_readings(
 
 
 def scrape_readings_insert(
-    connection: Connection, items, measured_on: date, now: datetime, ordered: bool = True
+    connection: Connection,
+    items,
+    measured_on: date,
+    now: datetime,
+    ordered: bool = True,
+    where=None,
+    may_conflict: bool = True,
 ):
     """The insert of `record_scrape_readings` from any `(id, sku, play_count)` selectable,
     in SKU order (the lock order: see db/ingest.py); sorted here unless `ordered` is False
-    because `items` already come in that order."""
+    because `items` already come in that order. Only rows matching `where` (default: all);
+    `may_conflict=False` (items inserted by the same statement, which no reading can name
+    yet) writes without ON CONFLICT."""
     rows = select(
         items.c.id,
         literal(SCRAPE),
@@ -94,10 +102,14 @@ def scrape_readings_insert(
         items.c.play_count,
         literal(now, UtcDateTime),
     ).where(items.c.play_count.is_not(None))
+    if where is not None:
+        rows = rows.where(where)
     statement = dialect_insert(connection)(playcount_measurements).from_select(
         ["item_id", "origin", "measured_on", "play_count", "recorded_at"],
         rows.order_by(items.c.sku) if ordered else rows,
     )
+    if not may_conflict:
+        return statement
     excluded = statement.excluded
     return statement.on_conflict_do_update(
         index_elements=["item_id", "origin", "measured_on"],

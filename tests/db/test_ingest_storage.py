@@ -7,6 +7,7 @@ import itertools
 import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from datetime import date
 
 import pytest
 from sqlalchemy import func, select
@@ -21,6 +22,7 @@ from catalog_pipeline.db.tables import (
     catalog_item_sources,
     catalog_items,
     invalid_item_logs,
+    playcount_measurements,
     source_files,
 )
 from catalog_pipeline.ingest import (
@@ -84,6 +86,69 @@ def test_older_scrape_backfilled_later_never_overwrites_newer(engine, local_buck
             .join(source_files, source_files.c.id == catalog_item_sources.c.source_file_id)
         ).all()
     assert sorted(seen) == [("A", old_key), ("A", new_key), ("B", old_key)]
+
+
+@pytest.mark.parametrize("order", ["forward", "backward"])
+def test_provenance_and_readings_of_new_and_updated_items_in_one_chunk(engine, local_bucket, order):
+    """A chunk holding SKUs never seen (inserted) next to SKUs an older file stored
+    (updated): every item gets its provenance and scrape reading for this file, a SKU
+    twice in the file points at its last record, and a re-run changes nothing."""
+    header = "sku,name,url,play_count,note\n"
+    pad = "," + "n" * 500  # an ignored column, so that records fill a chunk quickly
+    old_key, new_key = "shop_2026-01-01T00-00-00.csv", "shop_2026-02-01T00-00-00.csv"
+    old = f"A,a,https://a.example/,10{pad}\nB,b,https://b.c/,20{pad}\n"
+    local_bucket.put(old_key, (header + old).encode())
+    records = [
+        f"A,a2,https://a.example/,11{pad}\n",
+        f"C,c,https://c.example/,5{pad}\n",
+        f"C,c2,https://c.example/,6{pad}\n",
+        f"D,d,https://d.example/,{pad}\n",
+        f"B,b2,https://b.c/,25{pad}\n",
+    ]
+    content = (header + "".join(records)).encode()
+    local_bucket.put(new_key, content)
+    ingest_object(local_bucket, engine, old_key, 1024)
+    planned = plan_object(local_bucket, engine, new_key, 1024)
+
+    def offset(record: str) -> int:
+        return content.index(record.encode())
+
+    def chunk_of(record: str) -> int:
+        return next(c.index for c in planned.chunks if c.start <= offset(record) < c.end)
+
+    # One chunk inserts C and updates A; the other C record is in another chunk.
+    assert chunk_of("A,a2") == chunk_of("C,c,") != chunk_of("C,c2")
+    chunks = planned.chunks if order == "forward" else planned.chunks[::-1]
+    for chunk in chunks:
+        ingest_chunk(local_bucket, engine, planned, chunk)
+    finalize(engine, planned)
+
+    with engine.connect() as connection:
+        sources = connection.execute(
+            select(catalog_items.c.sku, catalog_item_sources.c.byte_offset)
+            .join(catalog_item_sources, catalog_item_sources.c.item_id == catalog_items.c.id)
+            .where(catalog_item_sources.c.source_file_id == planned.source_file_id)
+        ).all()
+        readings = connection.execute(
+            select(catalog_items.c.sku, playcount_measurements.c.play_count)
+            .join(playcount_measurements, playcount_measurements.c.item_id == catalog_items.c.id)
+            .where(playcount_measurements.c.measured_on == date(2026, 2, 1))  # the scrape day
+        ).all()
+    assert dict(sources) == {
+        "A": offset("A,a2"),
+        "B": offset("B,b2"),
+        "C": offset("C,c2"),
+        "D": offset("D,d"),
+    }
+    assert _items(engine) == {
+        sku: (name, new_key) for sku, name in [("A", "a2"), ("B", "b2"), ("C", "c2"), ("D", "d")]
+    }
+    assert dict(readings) == {"A": 11, "B": 25, "C": 6}
+    stored = dump(engine)
+    ingest_object(local_bucket, engine, new_key, 1024)
+    for chunk in planned.chunks:
+        ingest_chunk(local_bucket, engine, planned, chunk)
+    assert dump(engine) == stored
 
 
 def test_new_version_of_a_key_wins_even_at_a_lower_offset(engine, local_bucket):
