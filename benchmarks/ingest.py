@@ -300,11 +300,14 @@ def dagster(path: Path, url: str, chunk_bytes: int, workers: int) -> dict:
 def planning(path: Path, chunk_bytes: int) -> dict:
     from catalog_pipeline.core.bucket import LocalBucket
     from catalog_pipeline.core.chunking import plan_chunks
+    from catalog_pipeline.core.read_ahead import read_ahead
 
     bucket = LocalBucket(path.parent)
     info = bucket.head(path.name)
     started = time.perf_counter()
-    plan = plan_chunks(bucket.iter_blocks(info), info.size, chunk_bytes)
+    plan = plan_chunks(
+        read_ahead(bucket.iter_blocks(info)), info.size, chunk_bytes
+    )  # as plan_object
     seconds = time.perf_counter() - started
     return {
         "mb_per_s": round(info.size / 1e6 / seconds, 1),

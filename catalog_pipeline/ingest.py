@@ -24,6 +24,7 @@ from catalog_pipeline.core.errors import ChunkError, HeaderError, ObjectChangedE
 from catalog_pipeline.core.ingest import ChunkOutcome, process_chunk_bytes
 from catalog_pipeline.core.memory import without_transparent_hugepages
 from catalog_pipeline.core.naming import parse_object_key
+from catalog_pipeline.core.read_ahead import read_ahead
 from catalog_pipeline.core.validation import HeaderMapping, MissingColumnsError, map_header
 from catalog_pipeline.db import ingest as db
 from catalog_pipeline.db.engine import make_engine
@@ -80,7 +81,7 @@ def plan_object(
     info = bucket.head(key)
     obj = source_object(info)
     try:
-        plan = plan_chunks(bucket.iter_blocks(info), info.size, chunk_bytes)
+        plan = plan_chunks(read_ahead(bucket.iter_blocks(info)), info.size, chunk_bytes)
         map_header(plan.header)
     except (HeaderError, MissingColumnsError) as error:
         file_id = db.record_rejection(engine, obj, str(error), run_id)
