@@ -8,7 +8,8 @@ Measured in the same run, on the same generated file and the same PostgreSQL:
   table + one `INSERT … ON CONFLICT` upsert (what most people would write);
 - `core`: our core ingest in one process (plan, chunks, finalize; no Dagster);
 - `dagster`: the real `catalog_ingest_job` materialization of the partition, with the
-  executor the sensor would pick (one process per core), and again with one worker;
+  executor the sensor would pick (a concurrent step per core, plus one), and again with
+  one step at a time;
 plus the core ingest into SQLite (the embedded default), chunk-planning MB/s and the sensor's
 tick time over `--sensor-objects` objects. Every method runs in its own child process so
 its peak RSS is its own, after the file has been read once so that each starts with it in
@@ -276,8 +277,14 @@ def dagster(path: Path, url: str, chunk_bytes: int, workers: int) -> dict:
                 dg.reconstructable(ingest_job),
                 instance=instance,
                 run_config={
-                    # What the sensor asks for (one worker process per core for large files).
-                    **executor_run_config(path.stat().st_size, chunk_bytes, cores=workers),
+                    # What the sensor asks for on a machine with `workers` cores (one
+                    # concurrent step per core plus one); one worker means one step.
+                    **executor_run_config(
+                        path.stat().st_size,
+                        chunk_bytes,
+                        cores=workers,
+                        steps=1 if workers == 1 else None,
+                    ),
                     "loggers": {"console": {"config": {"log_level": "WARNING"}}},
                 },
                 tags={"dagster/partition": partition},
