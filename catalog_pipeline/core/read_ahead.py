@@ -38,8 +38,9 @@ def read_ahead(blocks: Iterable[bytes], depth: int = 2) -> Iterator[bytes]:
         return False
 
     def fetch() -> None:
-        iterator = iter(blocks)
+        iterator = None
         try:
+            iterator = iter(blocks)
             for block in iterator:
                 if not offer(block):
                     return
