@@ -117,15 +117,20 @@ def unstripped(column: pa.Array) -> np.ndarray:
     return result
 
 
+def value_offsets(column: pa.Array) -> np.ndarray:
+    """Where each value of a string or binary array (large or not) starts in its data
+    buffer, plus where the last one ends: one more offset than values, the array's own
+    slice of them."""
+    wide = pa.types.is_large_string(column.type) or pa.types.is_large_binary(column.type)
+    offsets = np.frombuffer(column.buffers()[1], dtype=np.int64 if wide else np.int32)
+    return offsets[column.offset : column.offset + len(column) + 1]
+
+
 def _string_buffers(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """The int32 offsets (one per value, plus the end) and the bytes of a string array."""
-    _, offsets, data = column.buffers()
-    offsets = np.frombuffer(offsets, dtype=np.int32)[
-        column.offset : column.offset + len(column) + 1
-    ]
-    return offsets, np.frombuffer(data, dtype=np.uint8) if data is not None else np.empty(
-        0, np.uint8
-    )
+    """The offsets (one per value, plus the end) and the bytes of a string array."""
+    data = column.buffers()[2]
+    values = np.frombuffer(data, dtype=np.uint8) if data is not None else np.empty(0, np.uint8)
+    return value_offsets(column), values
 
 
 def _at_most(column: pa.Array, limit: int) -> np.ndarray:

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from catalog_pipeline.core.columnar import STAGE_SCHEMA, contiguous
+from catalog_pipeline.core.columnar import STAGE_SCHEMA, contiguous, value_offsets
 from catalog_pipeline.core.validation import Item
 
 # JSON strings that need no escaping: printable ASCII without quotes or backslashes.
@@ -108,9 +108,7 @@ def with_content_hash(table: pa.Table, rows_per_piece: int = 8192) -> pa.Table:
         piece = table.slice(start, rows_per_piece)
         text = [pc.fill_null(piece.column(name), "") for name in _HASHED]
         payload = contiguous(pc.binary_join_element_wise(*text, "\x1f"))
-        wide = pa.types.is_large_string(payload.type)
-        offsets = np.frombuffer(payload.buffers()[1], dtype=np.int64 if wide else np.int32)
-        offsets = offsets[payload.offset : payload.offset + len(payload) + 1].tolist()
+        offsets = value_offsets(payload).tolist()
         data = memoryview(payload.buffers()[2] or b"")
         hashes.extend(
             blake2b(data[begin:end], digest_size=16).hexdigest()

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from catalog_pipeline.core.columnar import contiguous
+from catalog_pipeline.core.columnar import contiguous, value_offsets
 
 SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
 TRAILER = struct.pack("!h", -1)
@@ -49,9 +49,8 @@ def copy_payload(table: pa.Table, rows_per_piece: int = ROWS_PER_PIECE) -> Itera
         piece = table.slice(start, rows_per_piece)
         framed = [_framed(contiguous(piece.column(i))) for i in range(piece.num_columns)]
         rows = pc.binary_join_element_wise(count, *framed, b"")
-        wide = pa.types.is_large_binary(rows.type)
-        offsets = np.frombuffer(rows.buffers()[1], dtype=np.int64 if wide else np.int32)
-        begin, end = int(offsets[rows.offset]), int(offsets[rows.offset + len(rows)])
+        offsets = value_offsets(rows)
+        begin, end = int(offsets[0]), int(offsets[-1])
         yield memoryview(rows.buffers()[2])[begin:end]
     yield memoryview(TRAILER)
 
