@@ -22,7 +22,10 @@ from catalog_pipeline.core.bucket import Bucket, ObjectInfo
 from catalog_pipeline.core.chunking import ByteRange, ChunkPlan, plan_chunks
 from catalog_pipeline.core.errors import ChunkError, HeaderError, ObjectChangedError
 from catalog_pipeline.core.ingest import ChunkOutcome, process_chunk_bytes
-from catalog_pipeline.core.memory import without_transparent_hugepages
+from catalog_pipeline.core.memory import (
+    without_transparent_hugepages,
+    worker_allocator_environment,
+)
 from catalog_pipeline.core.naming import parse_object_key
 from catalog_pipeline.core.read_ahead import read_ahead
 from catalog_pipeline.core.validation import HeaderMapping, MissingColumnsError, map_header
@@ -207,9 +210,11 @@ def ingest_object(
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         # The workers start (a fresh interpreter each, about a second of imports) while
-        # this process plans the object, instead of after it.
-        for _ in range(workers):
-            pool.submit(_start_worker, url)
+        # this process plans the object, instead of after it. Each reads many chunks, so
+        # it keeps the memory it frees between them (see core.memory).
+        with worker_allocator_environment():
+            for _ in range(workers):
+                pool.submit(_start_worker, url)
         planned = plan_object(bucket, engine, key, chunk_bytes, run_id)
         futures = [
             pool.submit(_ingest_chunk_in_worker, bucket, url, planned, chunk, run_id)

@@ -11,6 +11,13 @@ Huge pages pay off for long-lived processes that walk the same memory many times
 is not what a chunk step does.
 
 `CATALOG_TRANSPARENT_HUGEPAGES=on` keeps the kernel's default.
+
+A worker process that reads chunk after chunk (the core path's process pool) is the
+opposite case: mimalloc gives freed memory back to the kernel 10 ms after it is freed, so
+every chunk faults its few hundred MB in again. `worker_allocator_environment` makes
+workers keep it for 30 s instead (`MIMALLOC_PURGE_DELAY`). Measured over a 1,000,000-row
+core ingest with two workers: their page faults 2.54 → 0.62 million and their system
+time 5.9-6.3 → 1.8-2.2 s, in three interleaved pairs.
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ import ctypes
 import functools
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 TRANSPARENT_HUGEPAGES = "CATALOG_TRANSPARENT_HUGEPAGES"
 _PR_SET_THP_DISABLE = 41
@@ -35,3 +44,23 @@ def without_transparent_hugepages() -> bool:
         return False
     libc = ctypes.CDLL(None, use_errno=True)
     return libc.prctl(_PR_SET_THP_DISABLE, 1, 0, 0, 0) == 0
+
+
+PURGE_DELAY = "MIMALLOC_PURGE_DELAY"
+WORKER_PURGE_DELAY_MS = "30000"
+
+
+@contextmanager
+def worker_allocator_environment() -> Iterator[None]:
+    """Processes started (spawned) inside this block keep the memory Arrow's allocator
+    frees for 30 s before giving it back to the kernel: mimalloc reads the setting from
+    the environment when it loads, so it is set in this process's environment for the
+    block and restored afterwards. A value already set is left alone."""
+    if PURGE_DELAY in os.environ:
+        yield
+        return
+    os.environ[PURGE_DELAY] = WORKER_PURGE_DELAY_MS
+    try:
+        yield
+    finally:
+        os.environ.pop(PURGE_DELAY, None)

@@ -1,14 +1,22 @@
-"""Chunk work turns transparent huge pages off for its process (core.memory)."""
+"""Chunk work turns transparent huge pages off for its process, and long-lived workers keep
+the memory they free (core.memory)."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import subprocess
 import sys
+from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 
-from catalog_pipeline.core.memory import TRANSPARENT_HUGEPAGES
+from catalog_pipeline.core.memory import (
+    PURGE_DELAY,
+    TRANSPARENT_HUGEPAGES,
+    WORKER_PURGE_DELAY_MS,
+    worker_allocator_environment,
+)
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl is Linux's")
 
@@ -54,3 +62,31 @@ def test_ingesting_a_chunk_turns_transparent_huge_pages_off():
 
 def test_the_setting_keeps_the_kernel_default():
     assert _flags(**{TRANSPARENT_HUGEPAGES: "on"}) == ["0", "0", "50"]
+
+
+def _environment_value(name: str) -> str | None:
+    return os.environ.get(name)
+
+
+def _spawned_value(name: str) -> str | None:
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        return pool.submit(_environment_value, name).result(timeout=120)
+
+
+def test_workers_started_in_the_block_keep_freed_memory_and_the_caller_is_unchanged(
+    monkeypatch,
+):
+    monkeypatch.delenv(PURGE_DELAY, raising=False)
+    with worker_allocator_environment():
+        inside = _spawned_value(PURGE_DELAY)
+    assert inside == WORKER_PURGE_DELAY_MS
+    assert PURGE_DELAY not in os.environ
+    assert _spawned_value(PURGE_DELAY) is None
+
+
+def test_a_purge_delay_the_user_set_is_kept(monkeypatch):
+    monkeypatch.setenv(PURGE_DELAY, "250")
+    with worker_allocator_environment():
+        assert _spawned_value(PURGE_DELAY) == "250"
+    assert os.environ[PURGE_DELAY] == "250"
