@@ -32,6 +32,13 @@ def test_every_method_ingests_the_same_rows_and_the_report_has_the_ratios(
     report = json.loads(capsys.readouterr().out)
 
     assert report["raw_copy"]["rows"] == ROWS
+    runs = report["raw_copy"]["runs_rows_per_s"]
+    assert len(runs) == 3 and all(rate > 0 for rate in runs)  # either side of core, dagster
+    assert min(runs) <= report["raw_copy"]["rows_per_s"] <= max(runs)
+    core_reference = round((runs[0] + runs[1]) / 2)
+    assert report["ratios"]["core/raw_copy"] == round(
+        report["core"]["rows_per_s"] / core_reference, 3
+    )
     valid = report["core"]["valid"]
     assert 0.9 * ROWS < valid < ROWS  # ~5 % invalid rows, a few duplicate SKUs
     assert report["core"]["rows"] == report["core"]["verified_row_count"] == ROWS
