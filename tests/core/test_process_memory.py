@@ -7,16 +7,22 @@ import multiprocessing
 import os
 import subprocess
 import sys
+import threading
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 import pytest
 
+from catalog_pipeline.core.bucket import LocalBucket
 from catalog_pipeline.core.memory import (
     PURGE_DELAY,
     TRANSPARENT_HUGEPAGES,
     WORKER_PURGE_DELAY_MS,
     worker_allocator_environment,
 )
+from catalog_pipeline.core.samples import sample_csv
+from catalog_pipeline.db.engine import make_engine, upgrade
+from catalog_pipeline.ingest import ingest_object
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl is Linux's")
 
@@ -90,3 +96,48 @@ def test_a_purge_delay_the_user_set_is_kept(monkeypatch):
     with worker_allocator_environment():
         assert _spawned_value(PURGE_DELAY) == "250"
     assert os.environ[PURGE_DELAY] == "250"
+
+
+def _children_environments() -> list[dict[str, str]]:
+    """The environments the current process's children started with (/proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if parent != os.getpid():
+                continue
+            raw = (entry / "environ").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+        pairs = (item.split(b"=", 1) for item in raw.split(b"\0") if b"=" in item)
+        found.append({key.decode(): value.decode(errors="replace") for key, value in pairs})
+    return found
+
+
+def test_the_core_paths_worker_processes_start_with_the_purge_delay(tmp_path, monkeypatch):
+    monkeypatch.delenv(PURGE_DELAY, raising=False)
+    bucket = LocalBucket(tmp_path / "bucket")
+    key = "shop_2026-01-01T00-00-00.csv"
+    bucket.put(key, sample_csv(400, seed=3))
+    engine = make_engine(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
+    upgrade(engine)
+    seen: list[str | None] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            seen.extend(env.get(PURGE_DELAY) for env in _children_environments())
+            stop.wait(0.01)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        summary, _ = ingest_object(bucket, engine, key, 4096, workers=2)
+    finally:
+        stop.set()
+        watcher.join()
+    assert summary.rows_total == 400
+    assert WORKER_PURGE_DELAY_MS in seen
+    assert PURGE_DELAY not in os.environ
