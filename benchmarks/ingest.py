@@ -326,15 +326,12 @@ def dagster(path: Path, url: str, chunk_bytes: int, workers: int) -> dict:
 
 def planning(path: Path, chunk_bytes: int) -> dict:
     from catalog_pipeline.core.bucket import LocalBucket
-    from catalog_pipeline.core.chunking import plan_chunks
-    from catalog_pipeline.core.read_ahead import read_ahead
+    from catalog_pipeline.ingest import scan_chunks
 
     bucket = LocalBucket(path.parent)
     info = bucket.head(path.name)
     started = time.perf_counter()
-    plan = plan_chunks(
-        read_ahead(bucket.iter_blocks(info)), info.size, chunk_bytes
-    )  # as plan_object
+    plan = scan_chunks(bucket, info, chunk_bytes)  # what plan_object does, without storing it
     seconds = time.perf_counter() - started
     return {
         "mb_per_s": round(info.size / 1e6 / seconds, 1),

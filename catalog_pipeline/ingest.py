@@ -84,13 +84,19 @@ def plan_object(
     info = bucket.head(key)
     obj = source_object(info)
     try:
-        plan = plan_chunks(read_ahead(bucket.iter_blocks(info)), info.size, chunk_bytes)
+        plan = scan_chunks(bucket, info, chunk_bytes)
         map_header(plan.header)
     except (HeaderError, MissingColumnsError) as error:
         file_id = db.record_rejection(engine, obj, str(error), run_id)
         return PlannedFile(file_id, info, (), (), 0, rejected_reason=str(error))
     file_id = db.record_plan(engine, obj, plan, chunk_bytes, run_id)
     return _planned(file_id, info, plan)
+
+
+def scan_chunks(bucket: Bucket, info: ObjectInfo, chunk_bytes: int) -> ChunkPlan:
+    """The chunk plan of one object version, from one streaming read of it (the next
+    blocks are read while the current one is scanned)."""
+    return plan_chunks(read_ahead(bucket.iter_blocks(info)), info.size, chunk_bytes)
 
 
 def _planned(file_id: int, info: ObjectInfo, plan: ChunkPlan) -> PlannedFile:
