@@ -2,10 +2,11 @@
 value.
 
 A binary COPY stream is a signature, then per row a 16-bit field count and per field a
-32-bit length (-1 for NULL) followed by that many bytes, then a -1 trailer. Each column
-becomes an Arrow binary array holding its fields already framed that way; one
-element-wise join of those arrays lays the rows out back to back in one buffer, which is
-sent as it is. psycopg's `write_row` does the same work per value in Python calls.
+32-bit length (-1 for NULL) followed by that many bytes, then a -1 trailer. A text
+column becomes two Arrow binary arrays, its lengths and its values as they are (a cast,
+no copy); a number column one array of framed fields. One element-wise join of all of
+them lays the rows out back to back in one buffer, which is sent as it is: each byte of
+text is copied once. psycopg's `write_row` does the same work per value in Python calls.
 """
 
 from __future__ import annotations
@@ -47,22 +48,26 @@ def copy_payload(table: pa.Table, rows_per_piece: int = ROWS_PER_PIECE) -> Itera
     count = struct.pack("!h", table.num_columns)
     for start in range(0, table.num_rows, rows_per_piece):
         piece = table.slice(start, rows_per_piece)
-        framed = [_framed(contiguous(piece.column(i))) for i in range(piece.num_columns)]
-        rows = pc.binary_join_element_wise(count, *framed, b"")
+        fields = [part for i in range(piece.num_columns) for part in _fields(piece.column(i))]
+        # A NULL text value joins as nothing: its length field already says -1.
+        rows = pc.binary_join_element_wise(
+            count, *fields, b"", null_handling="replace", null_replacement=b""
+        )
         offsets = value_offsets(rows)
         begin, end = int(offsets[0]), int(offsets[-1])
         yield memoryview(rows.buffers()[2])[begin:end]
     yield memoryview(TRAILER)
 
 
-def _framed(column: pa.Array) -> pa.Array:
-    """Each value as a binary COPY field: its length, then its bytes (or -1 for NULL)."""
+def _fields(column: pa.ChunkedArray | pa.Array) -> list[pa.Array]:
+    """The binary arrays that lay out a column's COPY fields when joined in order: for
+    text, each value's length (-1 for NULL) and then the value itself; for a number, its
+    length and big-endian value in one fixed-width field (or -1 for NULL)."""
+    column = contiguous(column)
     rows = len(column)
     if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-        values = pc.fill_null(column, "").cast(pa.binary())
         lengths = pc.fill_null(pc.binary_length(column), -1).to_numpy().astype(">i4")
-        prefix = _fixed_width_binary(lengths.tobytes(), rows, 4)
-        return pc.binary_join_element_wise(prefix, values, b"")
+        return [_fixed_width_binary(lengths.tobytes(), rows, 4), column.cast(pa.binary())]
     dtype = _FIXED.get(column.type)
     if dtype is None:
         raise TypeError(f"no binary COPY form for Arrow type {column.type}")
@@ -73,7 +78,7 @@ def _framed(column: pa.Array) -> pa.Array:
     framed = _fixed_width_binary(packed.tobytes(), rows, record.itemsize)
     if column.null_count:
         framed = pc.if_else(column.is_null(), pa.scalar(_NULL, pa.binary()), framed)
-    return framed
+    return [framed]
 
 
 def _fixed_width_binary(data: bytes, rows: int, width: int) -> pa.Array:
