@@ -18,6 +18,16 @@ every chunk faults its few hundred MB in again. `worker_allocator_environment` m
 workers keep it for 30 s instead (`MIMALLOC_PURGE_DELAY`). Measured over a 1,000,000-row
 core ingest with two workers: their page faults 2.54 → 0.62 million and their system
 time 5.9-6.3 → 1.8-2.2 s, in three interleaved pairs.
+
+The chunk's bytes themselves (64 MiB, read into a Python `bytes`) come from the C
+library's allocator, which serves any block over 32 MiB with a fresh `mmap` and unmaps it
+when freed: 16,000 page faults a chunk, every chunk. Workers therefore also take large
+blocks from the heap (`MALLOC_MMAP_MAX_=0`) and keep up to 1 GiB of freed heap
+(`MALLOC_TRIM_THRESHOLD_`; without it the freed top of the heap goes back to the kernel
+and the next chunk's columns fault it in again). Measured on six 64 MiB chunks in one
+process: reading a chunk 0.84 → 0.24 µs a row (0.31 → 0 page faults a row), the other
+phases unchanged; over a 1,000,000-row core ingest with two workers, all page faults
+0.66-0.67 → 0.37-0.39 million in three pairs.
 """
 
 from __future__ import annotations
@@ -48,19 +58,26 @@ def without_transparent_hugepages() -> bool:
 
 PURGE_DELAY = "MIMALLOC_PURGE_DELAY"
 WORKER_PURGE_DELAY_MS = "30000"
+# What a worker process starts with (each name only when the environment has no value).
+WORKER_ALLOCATOR_SETTINGS = {
+    PURGE_DELAY: WORKER_PURGE_DELAY_MS,
+    "MALLOC_MMAP_MAX_": "0",
+    "MALLOC_TRIM_THRESHOLD_": str(1 << 30),
+}
 
 
 @contextmanager
 def worker_allocator_environment() -> Iterator[None]:
-    """Processes started (spawned) inside this block keep the memory Arrow's allocator
-    frees for 30 s before giving it back to the kernel: mimalloc reads the setting from
-    the environment when it loads, so it is set in this process's environment for the
-    block and restored afterwards. A value already set is left alone."""
-    if PURGE_DELAY in os.environ:
-        yield
-        return
-    os.environ[PURGE_DELAY] = WORKER_PURGE_DELAY_MS
+    """Processes started (spawned) inside this block keep the memory they free for the
+    next chunk (`WORKER_ALLOCATOR_SETTINGS`): both allocators read their settings from the
+    environment when they load, so these are set in this process's environment for the
+    block and removed afterwards. A value already set is left alone."""
+    added = {
+        name: value for name, value in WORKER_ALLOCATOR_SETTINGS.items() if name not in os.environ
+    }
+    os.environ.update(added)
     try:
         yield
     finally:
-        os.environ.pop(PURGE_DELAY, None)
+        for name in added:
+            os.environ.pop(name, None)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import platform
+import resource
 import subprocess
 import sys
 import threading
@@ -17,7 +19,9 @@ from catalog_pipeline.core.bucket import LocalBucket
 from catalog_pipeline.core.memory import (
     PURGE_DELAY,
     TRANSPARENT_HUGEPAGES,
+    WORKER_ALLOCATOR_SETTINGS,
     WORKER_PURGE_DELAY_MS,
+    without_transparent_hugepages,
     worker_allocator_environment,
 )
 from catalog_pipeline.core.samples import sample_csv
@@ -70,25 +74,32 @@ def test_the_setting_keeps_the_kernel_default():
     assert _flags(**{TRANSPARENT_HUGEPAGES: "on"}) == ["0", "0", "50"]
 
 
-def _environment_value(name: str) -> str | None:
-    return os.environ.get(name)
+def _environment_values(names: list[str]) -> list[str | None]:
+    return [os.environ.get(name) for name in names]
+
+
+def _spawned(function, *arguments):
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        return pool.submit(function, *arguments).result(timeout=120)
 
 
 def _spawned_value(name: str) -> str | None:
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-        return pool.submit(_environment_value, name).result(timeout=120)
+    return _spawned(_environment_values, [name])[0]
 
 
 def test_workers_started_in_the_block_keep_freed_memory_and_the_caller_is_unchanged(
     monkeypatch,
 ):
-    monkeypatch.delenv(PURGE_DELAY, raising=False)
+    names = list(WORKER_ALLOCATOR_SETTINGS)
+    for name in names:
+        monkeypatch.delenv(name, raising=False)
     with worker_allocator_environment():
-        inside = _spawned_value(PURGE_DELAY)
-    assert inside == WORKER_PURGE_DELAY_MS
-    assert PURGE_DELAY not in os.environ
-    assert _spawned_value(PURGE_DELAY) is None
+        inside = _spawned(_environment_values, names)
+    assert inside == list(WORKER_ALLOCATOR_SETTINGS.values())
+    assert inside[names.index(PURGE_DELAY)] == WORKER_PURGE_DELAY_MS
+    assert not any(name in os.environ for name in names)
+    assert _spawned(_environment_values, names) == [None] * len(names)
 
 
 def test_a_purge_delay_the_user_set_is_kept(monkeypatch):
@@ -96,6 +107,31 @@ def test_a_purge_delay_the_user_set_is_kept(monkeypatch):
     with worker_allocator_environment():
         assert _spawned_value(PURGE_DELAY) == "250"
     assert os.environ[PURGE_DELAY] == "250"
+
+
+def _faults_reading_twice(path: str) -> int:
+    """Page faults of reading `path` into a `bytes` a second time, after the first was
+    freed (as a worker reads chunk after chunk); huge pages off, as in chunk work."""
+    without_transparent_hugepages()
+    with open(path, "rb") as handle:
+        data = handle.read()
+    del data
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    with open(path, "rb") as handle:
+        handle.read()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the settings are glibc's")
+def test_workers_reuse_the_memory_of_the_previous_chunks_bytes(tmp_path, monkeypatch):
+    for name in WORKER_ALLOCATOR_SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    path = tmp_path / "chunk.bin"
+    path.write_bytes(os.urandom(1 << 20) * 48)  # 48 MiB: over glibc's largest mmap threshold
+    pages = (48 << 20) // resource.getpagesize()
+    assert _spawned(_faults_reading_twice, str(path)) > pages * 0.9  # a fresh mapping each time
+    with worker_allocator_environment():
+        assert _spawned(_faults_reading_twice, str(path)) < pages * 0.1
 
 
 def _children_environments() -> list[dict[str, str]]:
