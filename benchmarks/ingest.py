@@ -106,6 +106,24 @@ class DescendantPeakRss:
 
 
 def _descendants(root: int) -> list[int]:
+    """Every process below `root`, read from each process's `task/*/children` lists: a few
+    files a sweep instead of every process's `stat`, since this runs beside the methods
+    it measures (a sweep of all ~100-200 processes cost 2-5 ms of CPU every 0.2 s)."""
+    if not Path(f"/proc/{root}/task/{root}/children").exists():
+        return _descendants_by_scan(root)  # a kernel without CONFIG_PROC_CHILDREN
+    found, frontier = [], [root]
+    while frontier:
+        for children in Path(f"/proc/{frontier.pop()}/task").glob("*/children"):
+            try:
+                pids = [int(pid) for pid in children.read_text().split()]
+            except OSError:
+                continue  # it just ended
+            found.extend(pids)
+            frontier.extend(pids)
+    return found
+
+
+def _descendants_by_scan(root: int) -> list[int]:
     parents: dict[int, int] = {}
     for entry in Path("/proc").glob("[0-9]*"):
         try:

@@ -4,6 +4,11 @@ and reports its numbers. No wall-clock assertions (the machines are noisy)."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+
+import pytest
 
 from benchmarks import ingest as benchmark
 
@@ -58,3 +63,26 @@ def test_every_method_ingests_the_same_rows_and_the_report_has_the_ratios(
         "dagster/dagster_1_worker",
     }
     assert all(ratio > 0 for ratio in report["ratios"].values())
+
+
+GRANDCHILD = """
+import subprocess, sys
+child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+print(child.pid, flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_descendants_are_children_and_their_children_as_a_scan_of_proc_finds_them():
+    child = subprocess.Popen(
+        [sys.executable, "-c", GRANDCHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        grandchild = int(child.stdout.readline())
+        found = benchmark._descendants(os.getpid())
+        assert {child.pid, grandchild} <= set(found)
+        assert sorted(found) == sorted(benchmark._descendants_by_scan(os.getpid()))
+    finally:
+        child.stdin.close()
+        child.wait(timeout=60)
