@@ -2,10 +2,11 @@
 # Stop (and delete) throwaway PostgreSQL servers started by start-postgres.sh: the data
 # directory given as an argument, or, without one, every server it has started.
 set -uo pipefail
-PGBIN="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)"
 stop_one() {
-    local DATA="$1"
+    local DATA="$1" PGBIN
     [ -d "$DATA" ] || return 0
+    # The build that started it (start-postgres.sh records it), else the newest Debian one.
+    PGBIN="$(cat "$DATA/catalog-pg-bin" 2>/dev/null || ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)"
     if [ "$(id -u)" = 0 ]; then
         su postgres -s /bin/bash -c "'$PGBIN/pg_ctl' -D '$DATA' -m fast -w stop" >/dev/null 2>&1
     else
