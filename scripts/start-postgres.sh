@@ -5,11 +5,17 @@
 # The Debian server refuses to run as root, so it runs as the `postgres` user.
 set -euo pipefail
 PORT="${CATALOG_PG_PORT:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}"
-if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && [ "${CATALOG_PG_INSTALL:-0}" = 1 ]; then
+if [ -z "${CATALOG_PG_BIN:-}" ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+    && [ "${CATALOG_PG_INSTALL:-0}" = 1 ]; then
     echo "installing PostgreSQL (Debian package)..." >&2
     apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >&2
 fi
-PGBIN="${CATALOG_PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)}"
+PGBIN="${CATALOG_PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)}"
+if [ ! -x "$PGBIN/initdb" ]; then
+    echo "no PostgreSQL server: no initdb in '${PGBIN:-/usr/lib/postgresql/*/bin}'" \
+        "(install Debian's postgresql, or set CATALOG_PG_BIN to a server's bin directory)" >&2
+    exit 1
+fi
 DATA="$(mktemp -d /tmp/catalog-pg.XXXXXX)"
 echo "$DATA" >> /tmp/catalog-pg.started
 chown postgres:postgres "$DATA"
