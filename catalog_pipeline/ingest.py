@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import gc
 import multiprocessing
+import logging
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -20,7 +21,12 @@ from sqlalchemy import Engine
 
 from catalog_pipeline.core.bucket import Bucket, ObjectInfo
 from catalog_pipeline.core.chunking import ByteRange, ChunkPlan, plan_chunks
-from catalog_pipeline.core.errors import ChunkError, HeaderError, ObjectChangedError
+from catalog_pipeline.core.errors import (
+    ChunkError,
+    HeaderError,
+    ObjectChangedError,
+    root_cause,
+)
 from catalog_pipeline.core.ingest import ChunkOutcome, process_chunk_bytes
 from catalog_pipeline.core.memory import (
     without_transparent_hugepages,
@@ -28,9 +34,12 @@ from catalog_pipeline.core.memory import (
 )
 from catalog_pipeline.core.naming import parse_object_key
 from catalog_pipeline.core.read_ahead import read_ahead
+from catalog_pipeline.core.retry import retrying
 from catalog_pipeline.core.validation import HeaderMapping, MissingColumnsError, map_header
 from catalog_pipeline.db import ingest as db
 from catalog_pipeline.db.engine import make_engine
+
+log = logging.getLogger("catalog_pipeline.ingest")
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,15 +90,20 @@ def plan_object(
     A file that cannot be ingested at all (empty, unreadable header, missing required
     columns) is stored as `rejected` with its reason and returned with no chunks.
     """
-    info = bucket.head(key)
+    info = retrying(lambda: bucket.head(key), f"{key}: HEAD")
     obj = source_object(info)
     try:
-        plan = scan_chunks(bucket, info, chunk_bytes)
+        plan = retrying(lambda: scan_chunks(bucket, info, chunk_bytes), f"{key}: planning read")
         map_header(plan.header)
     except (HeaderError, MissingColumnsError) as error:
-        file_id = db.record_rejection(engine, obj, str(error), run_id)
+        file_id = retrying(
+            lambda: db.record_rejection(engine, obj, str(error), run_id),
+            f"{key}: recording the rejection",
+        )
         return PlannedFile(file_id, info, (), (), 0, rejected_reason=str(error))
-    file_id = db.record_plan(engine, obj, plan, chunk_bytes, run_id)
+    file_id = retrying(
+        lambda: db.record_plan(engine, obj, plan, chunk_bytes, run_id), f"{key}: storing the plan"
+    )
     return _planned(file_id, info, plan)
 
 
@@ -143,34 +157,34 @@ def _ingest_chunk(
     bucket: Bucket, engine: Engine, planned: PlannedFile, chunk: ByteRange, run_id: str | None
 ) -> ChunkReport:
     started = time.perf_counter()
+    key = planned.info.key
+    where = f"{key}: chunk {chunk.index} at byte {chunk.start}"
     try:
         mapping: HeaderMapping = map_header(planned.header)
-        data = bucket.read_range(planned.info, chunk.start, chunk.end)
+        data = retrying(
+            lambda: bucket.read_range(planned.info, chunk.start, chunk.end), f"{where}: read"
+        )
         if len(data) != chunk.size:
             raise ChunkError(
-                planned.info.key,
-                chunk.index,
-                chunk.start,
-                f"read {len(data)} bytes, planned {chunk.size}",
+                key, chunk.index, chunk.start, f"read {len(data)} bytes, planned {chunk.size}"
             )
         outcome: ChunkOutcome = process_chunk_bytes(
             data, chunk.start, mapping, chunk.end == planned.info.size
         )
         seconds = time.perf_counter() - started
-        db.write_chunk(
-            engine,
-            planned.source_file_id,
-            chunk.index,
-            outcome,
-            run_id,
-            seconds,
+        # One transaction: a retry after a dropped connection rewrites the same rows.
+        retrying(
+            lambda: db.write_chunk(
+                engine, planned.source_file_id, chunk.index, outcome, run_id, seconds
+            ),
+            f"{where}: write",
         )
     except (ObjectChangedError, ChunkError) as error:
-        db.mark_chunk_failed(engine, planned.source_file_id, chunk.index, str(error), run_id)
+        _record_chunk_failure(engine, planned, chunk, str(error), run_id)
         raise
     except Exception as error:
-        wrapped = ChunkError(planned.info.key, chunk.index, chunk.start, repr(error))
-        db.mark_chunk_failed(engine, planned.source_file_id, chunk.index, str(wrapped), run_id)
+        wrapped = ChunkError(key, chunk.index, chunk.start, root_cause(error))
+        _record_chunk_failure(engine, planned, chunk, str(wrapped), run_id)
         raise wrapped from error
     return ChunkReport(
         chunk_index=chunk.index,
@@ -184,12 +198,33 @@ def _ingest_chunk(
     )
 
 
+def _record_chunk_failure(
+    engine: Engine, planned: PlannedFile, chunk: ByteRange, error: str, run_id: str | None
+) -> None:
+    """Best effort: the chunk row says why it failed. When the database is what failed,
+    the run's failure handler marks the file instead (see `failures`)."""
+    try:
+        db.mark_chunk_failed(engine, planned.source_file_id, chunk.index, error, run_id)
+    except Exception as failure:  # never hide the chunk's own error behind this one
+        log.warning(
+            "%s: chunk %d: could not record its failure: %s",
+            planned.info.key,
+            chunk.index,
+            root_cause(failure),
+        )
+
+
 def finalize(engine: Engine, planned: PlannedFile) -> db.FileSummary:
     """Sum the stored chunk results (a retried chunk counts once) into the file row."""
+    what = f"{planned.info.key}: finalize"
     if planned.rejected_reason is not None:
-        with engine.connect() as connection:
-            return db.load_summary(connection, planned.source_file_id)
-    return db.finalize_file(engine, planned.source_file_id)
+
+        def load() -> db.FileSummary:
+            with engine.connect() as connection:
+                return db.load_summary(connection, planned.source_file_id)
+
+        return retrying(load, what)
+    return retrying(lambda: db.finalize_file(engine, planned.source_file_id), what)
 
 
 def ingest_object(

@@ -9,9 +9,9 @@ import dagster as dg
 
 from catalog_pipeline import ingest
 from catalog_pipeline.assets.partitions import object_key_for, source_csvs
-from catalog_pipeline.core.bucket import ObjectMissingError
 from catalog_pipeline.core.chunking import ByteRange
-from catalog_pipeline.core.errors import ChunkError, ObjectChangedError
+from catalog_pipeline.core.errors import ChunkError, ObjectChangedError, causes, root_cause
+from catalog_pipeline.core.retry import retrying
 from catalog_pipeline.db.ingest import ChunkResult, FileSummary, load_chunk_results
 from catalog_pipeline.resources.catalog import BucketResource, CatalogDatabase, IngestSettings
 
@@ -21,9 +21,17 @@ ROWS_RECONCILE = "rows_reconcile"
 FILE_ACCEPTED = "file_accepted"
 TOP_REASONS = 10
 
-chunk_retry_policy = dg.RetryPolicy(
-    max_retries=3, delay=0.5, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
-)
+
+def step_failure(error: Exception, **metadata) -> dg.Failure:
+    """A step's failure as the UI and the failure handler show it: the root cause, not a
+    wrapper, and no Dagster retry. Transient errors were already retried inside the step
+    for the whole budget (see `core.retry`); permanent ones cannot be fixed by a retry."""
+    innermost = causes(error)[-1]
+    return dg.Failure(
+        description=root_cause(error),
+        metadata={**metadata, "error_class": type(innermost).__name__},
+        allow_retries=False,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,8 +65,8 @@ def plan_chunks(
         planned = ingest.plan_object(
             bucket.open(), catalog_db.engine(), key, ingest_settings.chunk_bytes, context.run_id
         )
-    except ObjectMissingError as error:
-        raise dg.Failure(description=str(error), allow_retries=False) from error
+    except Exception as error:
+        raise step_failure(error, object_key=key) from error
     if planned.rejected_reason:
         context.log.warning(f"{key}: rejected: {planned.rejected_reason}")
     else:
@@ -83,37 +91,40 @@ def chunk_name(chunk: ByteRange) -> str:
     return f"chunk_{chunk.index:05d}"
 
 
-@dg.op(retry_policy=chunk_retry_policy, pool="catalog_db")
+@dg.op(pool="catalog_db")
 def process_chunk(
     context: dg.OpExecutionContext,
     task: ChunkTask,
     bucket: BucketResource,
     catalog_db: CatalogDatabase,
 ) -> ingest.ChunkReport:
-    """Read one planned byte range (pinned to the planned ETag), validate it, upsert it."""
+    """Read one planned byte range (pinned to the planned ETag), validate it, upsert it.
+
+    Transient failures (database, bucket) are retried inside the step within the retry
+    budget; the step fails, without a Dagster retry, on a permanent error or when the
+    budget runs out. The next run (or re-execution from failure) redoes only this chunk.
+    """
     if task.chunk is None:
         return ingest.ChunkReport.empty()
+    key = task.planned.info.key
     try:
         report = ingest.ingest_chunk(
             bucket.open(), catalog_db.engine(), task.planned, task.chunk, context.run_id
         )
     except ObjectChangedError as error:
-        # Retrying cannot help: the bytes we planned are gone. The next run plans anew.
-        raise dg.Failure(
-            description=str(error),
-            metadata={"object_key": error.object_key, "planned_etag": error.planned_etag},
-            allow_retries=False,
+        raise step_failure(
+            error, object_key=error.object_key, planned_etag=error.planned_etag
         ) from error
     except ChunkError as error:
-        raise dg.Failure(
-            description=str(error),
-            metadata={
-                "object_key": error.object_key,
-                "chunk": error.chunk_index,
-                "byte_offset": error.byte_offset,
-                "reason": error.reason,
-                "attempt": context.retry_number + 1,
-            },
+        raise step_failure(
+            error,
+            object_key=error.object_key,
+            chunk=error.chunk_index,
+            byte_offset=error.byte_offset,
+        ) from error
+    except Exception as error:  # e.g. the database unreachable for the whole budget
+        raise step_failure(
+            error, object_key=key, chunk=task.chunk.index, byte_offset=task.chunk.start
         ) from error
     context.log.info(
         f"chunk {report.chunk_index} [{report.byte_start:,}, {report.byte_end:,}): "
@@ -138,9 +149,15 @@ def finalize(
     catalog_db: CatalogDatabase,
 ):
     """Sum the stored chunk results, reconcile them with the planner's record count."""
-    engine = catalog_db.engine()
-    summary = ingest.finalize(engine, plan.planned)
-    chunks = load_chunk_results(engine, summary.source_file_id)
+    try:
+        engine = catalog_db.engine()
+        summary = ingest.finalize(engine, plan.planned)
+        chunks = retrying(
+            lambda: load_chunk_results(engine, summary.source_file_id),
+            f"{summary.object_key}: chunk results",
+        )
+    except Exception as error:
+        raise step_failure(error, object_key=plan.planned.info.key) from error
     reasons: Counter = Counter()
     for report in reports:
         reasons.update(report.reasons)

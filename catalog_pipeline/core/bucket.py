@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlparse
 
-from catalog_pipeline.core.errors import CatalogError, ObjectChangedError
+from catalog_pipeline.core.errors import ObjectChangedError, PermanentError
 
 DEFAULT_BUCKET_URL = "file://./data/bucket"
 BLOCK_BYTES = 8 * 1024 * 1024
@@ -27,7 +27,7 @@ class ObjectInfo:
     last_modified: datetime
 
 
-class BucketError(CatalogError):
+class BucketError(PermanentError):
     """The bucket URL is invalid, or a key escapes the bucket."""
 
 

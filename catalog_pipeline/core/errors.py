@@ -1,17 +1,72 @@
-"""Our exception types. Each names what failed and where, so a message stands on its own."""
+"""Our exception types, and the one place that decides whether a failure is transient.
+
+Each type names what failed and where, so a message stands on its own. `is_transient`
+sorts any exception, ours or a library's, into the two kinds the pipeline treats
+differently: transient (the database restarting, the bucket throttling, a dropped
+connection: retry with backoff, see `core.retry`) and permanent (bad input, a changed
+object, a constraint, a 4xx: fail now, with the reason). `root_cause` gives the
+message a user should read: the innermost error, not a framework's wrapper.
+"""
 
 from __future__ import annotations
+
+# SQLSTATEs worth retrying: the connection classes (08…), serialization failure and
+# deadlock (40001, 40P01), too many connections (53300), the server shutting down or
+# starting (57P01-57P03), lock timeout (55P03).
+TRANSIENT_SQLSTATES = frozenset({"40001", "40P01", "53300", "55P03", "57P01", "57P02", "57P03"})
+# HTTP answers worth retrying: request timeout, too many requests, and server errors.
+TRANSIENT_HTTP_STATUSES = frozenset({408, 429})
+# S3 and R2 error codes that mean "slow down" or "try again", whatever the HTTP status.
+TRANSIENT_S3_CODES = frozenset(
+    {
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "RequestTimeout",
+        "RequestTimeTooSkewed",
+        "ServiceUnavailable",
+        "InternalError",
+        "RequestLimitExceeded",
+        "TooManyRequests",
+    }
+)
+# Library exception classes (by name, so core imports none of them) that mean the
+# connection failed or dropped: botocore's and urllib3's.
+TRANSIENT_CLASS_NAMES = frozenset(
+    {
+        "HTTPClientError",  # botocore: ConnectionClosedError, ReadTimeoutError, streaming
+        "EndpointConnectionError",
+        "ConnectTimeoutError",
+        "IncompleteReadError",
+        "ProtocolError",  # urllib3: connection aborted mid-response
+        "NewConnectionError",
+    }
+)
 
 
 class CatalogError(Exception):
     """Base class for errors raised by catalog_pipeline."""
 
+    transient: bool | None = None  # None: decided by the cause (see `is_transient`)
 
-class HeaderError(CatalogError):
+
+class TransientError(CatalogError):
+    """A failure that may go away by itself: a later attempt may succeed."""
+
+    transient = True
+
+
+class PermanentError(CatalogError):
+    """A failure no retry can fix: the input, the object or the configuration is wrong."""
+
+    transient = False
+
+
+class HeaderError(PermanentError):
     """The object cannot be planned: empty, or its header is unreadable."""
 
 
-class ObjectChangedError(CatalogError):
+class ObjectChangedError(PermanentError):
     """The object was overwritten after it was planned (its ETag no longer matches)."""
 
     def __init__(self, object_key: str, planned_etag: str, detail: str = "") -> None:
@@ -29,7 +84,9 @@ class ObjectChangedError(CatalogError):
 
 
 class ChunkError(CatalogError):
-    """A chunk could not be processed; names the file, chunk and byte offset."""
+    """A chunk could not be processed; names the file, chunk and byte offset.
+
+    Transient or not as its cause is (see `is_transient`)."""
 
     def __init__(self, object_key: str, chunk_index: int, byte_offset: int, reason: str) -> None:
         super().__init__(f"{object_key}: chunk {chunk_index} at byte {byte_offset}: {reason}")
@@ -40,3 +97,110 @@ class ChunkError(CatalogError):
 
     def __reduce__(self):
         return type(self), (self.object_key, self.chunk_index, self.byte_offset, self.reason)
+
+
+class RetriesExhaustedError(CatalogError):
+    """A transient failure outlasted the retry budget. Permanent for this attempt (the
+    step fails instead of retrying again), though a later run may well succeed."""
+
+    transient = False
+
+    def __init__(self, what: str, attempts: int, seconds: float, reason: str) -> None:
+        super().__init__(
+            f"{what}: {reason} (transient; still failing after {attempts} attempts "
+            f"over {seconds:.0f} s, the retry budget)"
+        )
+        self.what = what
+        self.attempts = attempts
+        self.seconds = seconds
+        self.reason = reason
+
+    def __reduce__(self):
+        return type(self), (self.what, self.attempts, self.seconds, self.reason)
+
+
+def causes(error: BaseException) -> list[BaseException]:
+    """`error` and what it wraps, outermost first: explicit causes (`raise … from`) and a
+    database driver's original error (SQLAlchemy's `.orig`)."""
+    chain: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and current not in chain and len(chain) < 20:
+        chain.append(current)
+        original = getattr(current, "orig", None)
+        current = original if isinstance(original, BaseException) else current.__cause__
+    return chain
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether retrying may help: decided by the first error in the chain that says."""
+    for cause in causes(error):
+        verdict = _verdict(cause)
+        if verdict is not None:
+            return verdict
+    return False
+
+
+def _verdict(error: BaseException) -> bool | None:
+    declared = getattr(error, "transient", None)
+    if isinstance(error, CatalogError) and declared is not None:
+        return declared
+    if getattr(error, "connection_invalidated", False):  # SQLAlchemy saw the link drop
+        return True
+    names = {kind.__name__ for kind in type(error).__mro__}
+    module = type(error).__module__
+    if module.startswith("psycopg"):
+        return _postgres_verdict(error)
+    if module == "sqlite3":
+        message = str(error).lower()
+        return "locked" in message or "busy" in message
+    if "ClientError" in names and hasattr(error, "response"):
+        return _s3_verdict(error.response)  # botocore's answer from the server
+    if "HTTPError" in names and isinstance(getattr(error, "code", None), int):
+        return _http_verdict(error.code)  # urllib's HTTPError: an answer with a status
+    if names & TRANSIENT_CLASS_NAMES:
+        return True
+    if isinstance(error, ConnectionError | TimeoutError):
+        return True
+    if "URLError" in names and isinstance(getattr(error, "reason", None), OSError):
+        return True  # urllib could not connect
+    if "SQLAlchemyError" in names or "BotoCoreError" in names:
+        return None  # a wrapper: its cause decides
+    return None
+
+
+def _postgres_verdict(error: BaseException) -> bool:
+    state = getattr(error, "sqlstate", None)
+    if state is None:
+        # No SQLSTATE: the driver's own connection errors (refused, reset, closed by the
+        # server) are OperationalErrors; anything else is a bug of ours, not the server.
+        return type(error).__name__ in ("OperationalError", "InterfaceError")
+    return state.startswith("08") or state in TRANSIENT_SQLSTATES
+
+
+def _s3_verdict(response: dict) -> bool:
+    code = str(response.get("Error", {}).get("Code", ""))
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    if code in TRANSIENT_S3_CODES:
+        return True
+    return isinstance(status, int) and _http_verdict(status)
+
+
+def _http_verdict(status: int) -> bool:
+    return status in TRANSIENT_HTTP_STATUSES or status >= 500
+
+
+def root_cause(error: BaseException) -> str:
+    """The message a user should read, never a framework's wrapper: our own error's (they
+    name the file, chunk and byte offset and carry their cause's reason), else the
+    innermost error's first line, named by its type."""
+    chain = causes(error)
+    for cause in chain:
+        if isinstance(cause, CatalogError):
+            return _first_line(cause)
+    innermost = chain[-1]
+    return f"{type(innermost).__name__}: {_first_line(innermost)}"
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0].strip() if text else type(error).__name__

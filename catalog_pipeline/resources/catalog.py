@@ -12,6 +12,7 @@ from catalog_pipeline.core.bucket import DEFAULT_BUCKET_URL, Bucket, S3Bucket, o
 from catalog_pipeline.core.chunking import DEFAULT_CHUNK_BYTES
 from catalog_pipeline.core.openai_classifier import DEFAULT_BASE_URL as DEFAULT_CLASSIFIER_URL
 from catalog_pipeline.core.openai_classifier import DEFAULT_MODEL as DEFAULT_CLASSIFIER_MODEL
+from catalog_pipeline.core.retry import retrying
 from catalog_pipeline.db.engine import ensure_current, make_engine
 from catalog_pipeline.resources.classifier import ClassifierResource
 from catalog_pipeline.settings import (
@@ -60,7 +61,7 @@ class CatalogDatabase(dg.ConfigurableResource):
             engine = _ENGINES.get(key)
             if engine is None:
                 engine = make_engine(self.url)
-                ensure_current(engine)
+                retrying(lambda: ensure_current(engine), "catalog database: schema check")
                 _ENGINES[key] = engine
             return engine
 
