@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import functools
 import gc
-import multiprocessing
 import logging
+import multiprocessing
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -96,11 +96,12 @@ def plan_object(
         plan = retrying(lambda: scan_chunks(bucket, info, chunk_bytes), f"{key}: planning read")
         map_header(plan.header)
     except (HeaderError, MissingColumnsError) as error:
+        reason = str(error)
         file_id = retrying(
-            lambda: db.record_rejection(engine, obj, str(error), run_id),
+            lambda: db.record_rejection(engine, obj, reason, run_id),
             f"{key}: recording the rejection",
         )
-        return PlannedFile(file_id, info, (), (), 0, rejected_reason=str(error))
+        return PlannedFile(file_id, info, (), (), 0, rejected_reason=reason)
     file_id = retrying(
         lambda: db.record_plan(engine, obj, plan, chunk_bytes, run_id), f"{key}: storing the plan"
     )
