@@ -536,7 +536,15 @@ def load_summary(
     chunks_total: int | None = None,
     chunks_completed: int | None = None,
 ) -> FileSummary:
-    row = connection.execute(select(source_files).where(source_files.c.id == source_file_id)).one()
+    summary_columns = (
+        "id object_key etag status rows_total rows_valid rows_invalid verified_row_count "
+        "rejected_reason"
+    ).split()
+    row = connection.execute(
+        select(*(source_files.c[name] for name in summary_columns)).where(
+            source_files.c.id == source_file_id
+        )
+    ).one()
     if chunks_total is None:
         counts = connection.execute(
             select(func.count(), func.count().filter(source_chunks.c.status == "completed")).where(

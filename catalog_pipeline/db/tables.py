@@ -92,6 +92,9 @@ source_files = Table(
     Column("verified_at", UtcDateTime),
     Column("superseded_by", Integer, ForeignKey("source_files.id")),
     Column("run_id", String(64)),
+    # A `failed` file: the chunk indexes that did not complete (JSON list; migration 0005).
+    # Its reason is in `error`.
+    Column("failed_chunks", Text),
     *_timestamps(),
     UniqueConstraint("object_key", "etag"),
     Index(None, "status"),
@@ -229,4 +232,63 @@ provider_calls = Table(
     # A 429's Retry-After as a moment: no drain calls the provider before it.
     Column("retry_after_until", UtcDateTime),
     Index(None, "called_at"),
+)
+
+
+# Every run that ended without completing its file, once (migration 0005): the reason, and
+# whether the alert went out. The primary key makes the alert exactly-once per run even
+# when the run-failure sensor and the CLI both see the same failure.
+ingest_run_failures = Table(
+    "ingest_run_failures",
+    metadata,
+    Column("run_id", String(64), primary_key=True),
+    Column("object_key", Text, nullable=False),
+    Column("etag", String(200)),
+    Column("source_file_id", Integer),
+    Column("reason", Text, nullable=False),
+    Column("failed_at", UtcDateTime, nullable=False, default=utcnow),
+    Column("alerted_at", UtcDateTime),
+    Index(None, "object_key"),
+)
+
+# One ingest of an object key at a time, whatever launched it (migration 0005): the run
+# holding the lease, until it ends or the lease expires (a run killed without a trace).
+ingest_leases = Table(
+    "ingest_leases",
+    metadata,
+    Column("object_key", Text, primary_key=True),
+    Column("run_id", String(64), nullable=False),
+    Column("acquired_at", UtcDateTime, nullable=False),
+    Column("expires_at", UtcDateTime, nullable=False),
+)
+
+# Items a deriver (classifier, embedder) failed on (migration 0005): after `attempts`
+# reaches the limit the item waits until its input changes or a `--retry-failed` run.
+derivation_failures = Table(
+    "derivation_failures",
+    metadata,
+    Column("item_id", Integer, primary_key=True, autoincrement=False),
+    Column("deriver", String(200), primary_key=True),
+    Column("input_hash", String(64), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("last_error", Text, nullable=False),
+    Column("first_failed_at", UtcDateTime, nullable=False),
+    Column("last_failed_at", UtcDateTime, nullable=False),
+)
+
+# What `catalog-pipeline repair` did, who asked and why it was allowed (migration 0005).
+repair_history = Table(
+    "repair_history",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("object_key", Text, nullable=False),
+    Column("source_file_id", Integer),
+    Column("ingested_etag", String(200)),
+    Column("current_etag", String(200)),
+    Column("forced", Boolean, nullable=False),
+    Column("requested_by", Text, nullable=False),
+    Column("requested_at", UtcDateTime, nullable=False, default=utcnow),
+    Column("outcome", Text, nullable=False),
+    Column("run_id", String(64)),
+    Index(None, "object_key"),
 )

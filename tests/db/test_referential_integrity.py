@@ -83,6 +83,18 @@ def test_orphan_check_sees_a_dangling_reference(engine, local_bucket):
     assert _orphans(engine)["catalog_item_sources.item_id"] == 1
 
 
+def test_migration_0005_adds_the_failure_ledgers_and_goes_back(engine, local_bucket):
+    _ingest_history(engine, local_bucket)
+    at_head = dump(engine, exclude={})
+    assert at_head["ingest_run_failures"] == [] and at_head["repair_history"] == []
+    command.downgrade(alembic_config(engine), "0004")
+    tables = set(inspect(engine).get_table_names())
+    assert not tables & {"ingest_run_failures", "ingest_leases", "derivation_failures"}
+    assert "failed_chunks" not in {c["name"] for c in inspect(engine).get_columns("source_files")}
+    upgrade(engine)
+    assert dump(engine, exclude={}) == at_head
+
+
 def test_migrated_schema_is_what_tables_py_declares(engine):
     with engine.connect() as connection:
         context = MigrationContext.configure(connection, opts={"compare_type": True})
@@ -96,7 +108,7 @@ def test_migration_0003_keeps_every_row_and_drops_only_its_keys(tmp_path, local_
     local_bucket.put(key, sample_csv(300, seed=4))
     ingest_object(local_bucket, engine, key, 16 * 1024)
     before = dump(engine, exclude={})
-    upgrade(engine)
+    upgrade(engine, "0003")
     assert dump(engine, exclude={}) == before
     inspector = inspect(engine)
     for child, column, _ in UNCHECKED:
@@ -133,6 +145,7 @@ def test_migration_0004_keeps_every_row_both_ways(engine, local_bucket):
     keys): every provenance and measurement row survives both, and the old schema still
     takes new rows without an id given."""
     _ingest_history(engine, local_bucket)
+    command.downgrade(alembic_config(engine), "0004")  # what 0004 itself left
     before = dump(engine, exclude={})
     assert before["catalog_item_sources"] and before["playcount_measurements"]
     command.downgrade(alembic_config(engine), "0003")
@@ -149,7 +162,7 @@ def test_migration_0004_keeps_every_row_both_ways(engine, local_bucket):
         )
         ids = connection.execute(text("SELECT id FROM playcount_measurements")).scalars().all()
     assert sorted(ids) == list(range(1, len(before["playcount_measurements"]) + 2))
-    upgrade(engine)
+    upgrade(engine, "0004")
     after = dump(engine, exclude={})
     assert len(after["playcount_measurements"]) == len(before["playcount_measurements"]) + 1
     after["playcount_measurements"] = [
