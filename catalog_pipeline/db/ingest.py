@@ -536,10 +536,7 @@ def load_summary(
     chunks_total: int | None = None,
     chunks_completed: int | None = None,
 ) -> FileSummary:
-    summary_columns = (
-        "id object_key etag status rows_total rows_valid rows_invalid verified_row_count "
-        "rejected_reason"
-    ).split()
+    summary_columns = ["id", "object_key", "etag", "status", "rows_total", "rows_valid", "rows_invalid", "verified_row_count", "rejected_reason"]
     row = connection.execute(
         select(*(source_files.c[name] for name in summary_columns)).where(
             source_files.c.id == source_file_id

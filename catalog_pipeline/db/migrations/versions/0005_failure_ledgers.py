@@ -9,7 +9,6 @@ Create Date: 2026-12-04 21:40:00.000000
 import sqlalchemy as sa
 from alembic import op
 
-
 revision = "0005"
 down_revision = "0004"
 branch_labels = None
