@@ -34,7 +34,34 @@ class FileResult:
     rejected_reason: str | None
 
 
+# Exit statuses: every file completed or was rejected as invalid input; a file failed;
+# the command could not run at all (usage, configuration, unreachable bucket or database).
+EXIT_OK, EXIT_FILE_FAILED, EXIT_UNUSABLE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """The command line or the configuration is wrong: exit 2 with this sentence."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    arguments = parser.parse_args(argv)
+    json_mode = bool(getattr(arguments, "json", False))
+    try:
+        _apply_overrides(arguments)
+        return _run(arguments)
+    except KeyboardInterrupt:
+        print("catalog-pipeline: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:
+        message, hint = _explain(error)
+        if json_mode:
+            print(json.dumps({"error": message, "files": []}))
+        print(f"catalog-pipeline: {message}\n{hint}", file=sys.stderr)
+        return EXIT_UNUSABLE
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="catalog-pipeline", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -53,11 +80,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     database_commands = database.add_subparsers(dest="db_command", required=True)
     upgrade = database_commands.add_parser("upgrade", help="apply migrations up to the newest")
     upgrade.add_argument("--database-url", help=f"default: ${settings.DATABASE_URL} or SQLite")
+    return parser
 
-    arguments = parser.parse_args(argv)
-    _apply_overrides(arguments)
+
+def _run(arguments: argparse.Namespace) -> int:
     if arguments.command == "db":
         return _upgrade()
+    from catalog_pipeline.observability import configure_python_logging
+
+    configure_python_logging()
     if arguments.command == "demo":
         _write_demo(arguments.rows, quiet=arguments.json)
     results = ingest_bucket(progress=not arguments.json or sys.stderr.isatty())
@@ -67,7 +98,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(format_summary(results))
         if arguments.command == "demo":
             print(DEMO_HINT.format(database=_database_description()))
-    return 1 if any(result.status == "failed" for result in results) else 0
+    failed = [result for result in results if result.status == "failed"]
+    if failed:
+        names = ", ".join(result.object_key for result in failed[:3])
+        more = f" and {len(failed) - 3} more" if len(failed) > 3 else ""
+        print(
+            f"catalog-pipeline: {len(failed)} file{'s' * (len(failed) > 1)} failed ({names}"
+            f"{more}); the reason is in `rejected_reason` and in source_files.error. Fix the "
+            "cause and run the same command again: completed files re-ingest as no-ops.",
+            file=sys.stderr,
+        )
+        return EXIT_FILE_FAILED
+    return EXIT_OK
+
+
+def _explain(error: BaseException) -> tuple[str, str]:
+    """A sentence for an error that stopped the command, and what to do next."""
+    from catalog_pipeline.core.errors import is_transient, root_cause
+
+    message = str(error) if isinstance(error, UsageError) else root_cause(error)
+    if isinstance(error, UsageError | ValueError):
+        hint = "Check the command line and the CATALOG_* settings (see docs/operations.md)."
+    elif is_transient(error) or "still failing after" in message:
+        hint = (
+            "The bucket or the database did not answer within the retry budget "
+            "(CATALOG_RETRY_BUDGET_S); check that it is up and reachable, then run again."
+        )
+    else:
+        hint = "Nothing was changed by this error; fix its cause and run the command again."
+    return message, hint
 
 
 def _add_target_options(parser: argparse.ArgumentParser) -> None:
@@ -95,10 +154,23 @@ def _apply_overrides(arguments: argparse.Namespace) -> None:
 def _upgrade() -> int:
     from catalog_pipeline.db.engine import current_revision, make_engine, upgrade
 
-    engine = make_engine()
+    engine = _checked_engine(make_engine)
     upgrade(engine)
     print(f"{_database_description()}: schema at revision {current_revision(engine)}")
     return 0
+
+
+def _checked_engine(make_engine):
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        return make_engine()
+    except (ArgumentError, NoSuchModuleError) as error:
+        url = os.environ.get(settings.DATABASE_URL, "")
+        raise UsageError(
+            f"database URL {url!r} is not usable: {error}; use sqlite:///PATH or "
+            "postgresql+psycopg://USER@HOST/DB"
+        ) from None
 
 
 def _database_description() -> str:
@@ -121,28 +193,51 @@ def ingest_bucket(progress: bool = True) -> list[FileResult]:
     """Ingest every CSV object of the bucket, one `catalog_ingest_job` run per object.
 
     Runs go to the instance in `DAGSTER_HOME` when it is set (so they show in the UI),
-    else to an ephemeral instance.
+    else to an ephemeral instance. A run that fails leaves its file `failed` with the
+    root cause (and alerts, once), exactly as the run-failure sensor does for runs the
+    daemon sees; the other files go on.
     """
     import dagster as dg
 
     from catalog_pipeline.assets.partitions import partition_key_for, source_csvs
+    from catalog_pipeline.core.errors import root_cause
     from catalog_pipeline.core.naming import is_csv_key
+    from catalog_pipeline.core.retry import retrying
+    from catalog_pipeline.db.engine import make_engine
     from catalog_pipeline.db.ingest import latest_summary
     from catalog_pipeline.definitions import build_definitions
     from catalog_pipeline.jobs import INGEST_JOB
-    from catalog_pipeline.resources.catalog import CatalogDatabase
+    from catalog_pipeline.observability import json_logs_enabled
+    from catalog_pipeline.resources.catalog import BucketResource, CatalogDatabase
+    from catalog_pipeline.sensors.failures import record_failed_run, run_failure_reason
 
     definitions = build_definitions()
     job = definitions.resolve_job_def(INGEST_JOB)
     bucket = _bucket()
-    engine = CatalogDatabase(url=settings.setting(settings.DATABASE_URL)).engine()
-    objects = [info for info in bucket.list_objects() if is_csv_key(info.key)]
+    _checked_engine(make_engine)
+    catalog_db = CatalogDatabase(url=settings.setting(settings.DATABASE_URL))
+    engine = catalog_db.engine()
+    objects = retrying(
+        lambda: [info for info in bucket.list_objects() if is_csv_key(info.key)],
+        f"listing {bucket.url}",
+    )
     instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else None
     instance = instance or dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions(
         source_csvs.name, [partition_key_for(info.key) for info in objects]
     )
-    quiet_logs = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    # Step failures are reported below with their root cause; Dagster's own lines for
+    # them carry stack traces, which a CLI user should not have to read.
+    # With CATALOG_LOG_FORMAT=json the run logs are wanted, as JSON lines (no traces).
+    level = "INFO" if json_logs_enabled() else "CRITICAL"
+    quiet_logs = {"loggers": {"console": {"config": {"log_level": level}}}}
+    failure_resources = (
+        catalog_db,
+        BucketResource(
+            url=settings.setting(settings.BUCKET_URL),
+            endpoint_url=settings.setting(settings.S3_ENDPOINT_URL),
+        ),
+    )
     results = []
     for number, info in enumerate(objects, 1):
         started = time.perf_counter()
@@ -151,13 +246,30 @@ def ingest_bucket(progress: bool = True) -> list[FileResult]:
             instance=instance,
             raise_on_error=False,
             run_config=quiet_logs,
-            tags={"catalog/object_key": info.key, "catalog/launched_by": "catalog-pipeline"},
+            tags={
+                "catalog/object_key": info.key,
+                "catalog/etag": info.etag,
+                "catalog/launched_by": "catalog-pipeline",
+            },
         )
-        summary = latest_summary(engine, info.key)
-        if not run.success or summary is None:
+        reason = None
+        try:
+            if not run.success:
+                reason = run_failure_reason(instance, run.run_id, "the run failed")
+                record_failed_run(instance, run.dagster_run, reason, *failure_resources)
+            summary = retrying(
+                lambda key=info.key, etag=info.etag: latest_summary(engine, key, etag),
+                f"{info.key}: summary",
+            )
+        except Exception as error:  # the database is gone past the budget: say so, go on
+            reason = reason or root_cause(error)
+            print(f"{info.key}: could not record the outcome: {root_cause(error)}", file=sys.stderr)
+            summary = None
+        if not run.success or summary is None or summary.status not in ("completed", "rejected"):
             status = "failed"
+            reason = reason or "the run ended without a record of the file"
         else:
-            status = "rejected" if summary.status == "rejected" else "completed"
+            status = summary.status
         result = FileResult(
             object_key=info.key,
             status=status,
@@ -165,8 +277,7 @@ def ingest_bucket(progress: bool = True) -> list[FileResult]:
             rows_valid=summary.rows_valid if summary else 0,
             rows_invalid=summary.rows_invalid if summary else 0,
             verified_row_count=summary.verified_row_count if summary else None,
-            rejected_reason=(summary.rejected_reason if summary else None)
-            or (_failure_reason(run) if status == "failed" else None),
+            rejected_reason=reason if status == "failed" else summary.rejected_reason,
         )
         results.append(result)
         if progress:
@@ -177,13 +288,6 @@ def ingest_bucket(progress: bool = True) -> list[FileResult]:
                 flush=True,
             )
     return results
-
-
-def _failure_reason(run) -> str | None:
-    for event in run.all_events:
-        if event.is_step_failure and event.step_failure_data.error:
-            return event.step_failure_data.error.message.strip().splitlines()[0]
-    return None
 
 
 def format_summary(results: list[FileResult]) -> str:

@@ -9,6 +9,7 @@ from catalog_pipeline.assets.ingest import catalog_ingest
 from catalog_pipeline.assets.playcount import playcount_history
 from catalog_pipeline.assets.quality import catalog_quality
 from catalog_pipeline.jobs import catalog_ingest_job
+from catalog_pipeline.observability import loggers_from_environment
 from catalog_pipeline.resources.catalog import default_resources
 from catalog_pipeline.resources.provider import default_stats_provider
 from catalog_pipeline.schedules.playcount import (
@@ -23,6 +24,7 @@ from catalog_pipeline.schedules.retention import (
     invalid_log_retention_schedule,
 )
 from catalog_pipeline.sensors.automation import catalog_automation_sensor
+from catalog_pipeline.sensors.failures import ingest_run_canceled_sensor, ingest_run_failure_sensor
 from catalog_pipeline.sensors.objects import new_csv_objects_sensor
 from catalog_pipeline.sensors.pools import pool_limits_sensor
 
@@ -45,13 +47,20 @@ def build_definitions(resources: dict | None = None) -> dg.Definitions:
             backfill_reclaim_schedule,
             playcount_maintenance_schedule,
         ],
-        sensors=[new_csv_objects_sensor, catalog_automation_sensor, pool_limits_sensor],
+        sensors=[
+            new_csv_objects_sensor,
+            catalog_automation_sensor,
+            pool_limits_sensor,
+            ingest_run_failure_sensor,
+            ingest_run_canceled_sensor,
+        ],
         resources={
             **default_resources(),
             "stats_provider": default_stats_provider(),
             **(resources or {}),
         },
         executor=dg.multi_or_in_process_executor,
+        loggers=loggers_from_environment(),
     )
 
 

@@ -22,10 +22,12 @@ from catalog_pipeline.core.bucket import Bucket, ObjectInfo
 from catalog_pipeline.core.chunking import header_from_prefix
 from catalog_pipeline.core.errors import CatalogError, HeaderError
 from catalog_pipeline.core.naming import is_csv_key
+from catalog_pipeline.core.retry import RetryPolicy, retrying
 from catalog_pipeline.core.validation import MissingColumnsError, map_header
 from catalog_pipeline.db import ingest as db
 
 SCAN_LIMIT = 1000
+SENSOR_RETRY_SECONDS = 30.0
 REQUEST_LIMIT = 100
 HEADER_PROBE_BYTES = 64 * 1024
 
@@ -62,16 +64,17 @@ def discover(
     re-requests what an older one ingested; the re-ingest is a no-op on the catalog.
     """
     result = Discovery()
-    page: list[ObjectInfo] = []
-    exhausted = True
-    for info in bucket.list_objects(start_after=after or None):
-        result.scanned += 1
-        if is_csv_key(info.key):
-            page.append(info)
-        if result.scanned >= scan_limit:
-            exhausted = False
-            break
-    known = db.known_versions(engine, [info.key for info in page])
+    policy = sensor_retry_policy()
+    listed, exhausted = retrying(
+        lambda: _list_slice(bucket, after, scan_limit), f"listing {bucket.url}", policy
+    )
+    result.scanned = len(listed)
+    page = [info for info in listed if is_csv_key(info.key)]
+    known = retrying(
+        lambda: db.known_versions(engine, [info.key for info in page]),
+        "catalog database: known versions",
+        policy,
+    )
     last_key = page[-1].key if page else after
     for info in page:
         if (info.key, info.etag) in known and is_requested(info):
@@ -88,6 +91,23 @@ def discover(
     return result
 
 
+def sensor_retry_policy() -> RetryPolicy:
+    """Transient errors in a sensor tick are retried for at most 30 s (a tick has about a
+    minute); past that the tick is skipped and the next one starts where this one did."""
+    configured = RetryPolicy.from_environment()
+    return RetryPolicy(budget_seconds=min(SENSOR_RETRY_SECONDS, configured.budget_seconds))
+
+
+def _list_slice(bucket: Bucket, after: str, scan_limit: int) -> tuple[list[ObjectInfo], bool]:
+    """Up to `scan_limit` objects after `after`, and whether the listing reached the end."""
+    listed: list[ObjectInfo] = []
+    for info in bucket.list_objects(start_after=after or None):
+        listed.append(info)
+        if len(listed) >= scan_limit:
+            return listed, False
+    return listed, True
+
+
 def _key_before(page: list[ObjectInfo], info: ObjectInfo) -> str:
     index = page.index(info)
     return page[index - 1].key if index else ""
@@ -98,7 +118,8 @@ def _classify(
 ) -> None:
     try:
         reason = rejection_reason(bucket, info)
-    except CatalogError as error:  # e.g. overwritten while we looked: next sweep sees it
+    except CatalogError as error:  # overwritten while we looked, or the bucket throttled
+        # past the tick's retry budget: the next sweep sees it
         result.skipped.append((info.key, str(error)))
         return
     if reason is None:
@@ -115,7 +136,11 @@ def rejection_reason(bucket: Bucket, info: ObjectInfo) -> str | None:
         prefix = (
             b""
             if info.size == 0
-            else bucket.read_range(info, 0, min(info.size, HEADER_PROBE_BYTES))
+            else retrying(
+                lambda: bucket.read_range(info, 0, min(info.size, HEADER_PROBE_BYTES)),
+                f"{info.key}: header probe",
+                sensor_retry_policy(),
+            )
         )
         header = header_from_prefix(prefix, info.size)
         if header is not None:

@@ -11,8 +11,9 @@ import gc
 import logging
 import multiprocessing
 import time
+import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from catalog_pipeline.core.chunking import ByteRange, ChunkPlan, plan_chunks
 from catalog_pipeline.core.errors import (
     ChunkError,
     HeaderError,
+    IncompleteFileError,
     ObjectChangedError,
     root_cause,
 )
@@ -34,8 +36,9 @@ from catalog_pipeline.core.memory import (
 )
 from catalog_pipeline.core.naming import parse_object_key
 from catalog_pipeline.core.read_ahead import read_ahead
-from catalog_pipeline.core.retry import retrying
+from catalog_pipeline.core.retry import RetryPolicy, retrying
 from catalog_pipeline.core.validation import HeaderMapping, MissingColumnsError, map_header
+from catalog_pipeline.db import failures as failures_db
 from catalog_pipeline.db import ingest as db
 from catalog_pipeline.db.engine import make_engine
 
@@ -83,13 +86,48 @@ def source_object(info: ObjectInfo) -> db.SourceObject:
 
 
 def plan_object(
-    bucket: Bucket, engine: Engine, key: str, chunk_bytes: int, run_id: str | None = None
+    bucket: Bucket,
+    engine: Engine,
+    key: str,
+    chunk_bytes: int,
+    run_id: str | None = None,
+    holder_alive: Callable[[str], bool | None] | None = None,
 ) -> PlannedFile:
-    """HEAD the object, plan its chunks in one streaming read, and store the plan.
+    """Take the object's ingest lease, HEAD it, plan its chunks in one streaming read,
+    and store the plan.
 
-    A file that cannot be ingested at all (empty, unreadable header, missing required
-    columns) is stored as `rejected` with its reason and returned with no chunks.
+    A run (`run_id`) holds the object key's lease until it finalizes or its failure is
+    recorded; while another live run holds it, this raises `LeaseHeldError` (one ingest
+    of an object at a time, whatever launched it). A file that cannot be ingested at all
+    (empty, unreadable header, missing required columns) is stored as `rejected` with
+    its reason and returned with no chunks.
     """
+    if run_id is None:
+        return _plan_object(bucket, engine, key, chunk_bytes, None)
+    retrying(
+        lambda: failures_db.acquire_lease(engine, key, run_id, holder_alive, lease_seconds()),
+        f"{key}: ingest lease",
+    )
+    try:
+        return _plan_object(bucket, engine, key, chunk_bytes, run_id)
+    except BaseException:
+        # Nothing of this run's is stored: the next run of the object need not wait.
+        try:
+            failures_db.release_lease(engine, key, [run_id])
+        except Exception as error:
+            log.warning("%s: could not release the ingest lease: %s", key, root_cause(error))
+        raise
+
+
+def lease_seconds() -> float:
+    """How long an ingest lease outlives its last renewal (each chunk write renews it): the
+    retry budget (a step may wait that long for the database) plus five minutes."""
+    return RetryPolicy.from_environment().budget_seconds + 300
+
+
+def _plan_object(
+    bucket: Bucket, engine: Engine, key: str, chunk_bytes: int, run_id: str | None
+) -> PlannedFile:
     info = retrying(lambda: bucket.head(key), f"{key}: HEAD")
     obj = source_object(info)
     try:
@@ -184,7 +222,8 @@ def _ingest_chunk(
         _record_chunk_failure(engine, planned, chunk, str(error), run_id)
         raise
     except Exception as error:
-        wrapped = ChunkError(key, chunk.index, chunk.start, root_cause(error))
+        reason = root_cause(error).removeprefix(f"{where}: ")  # ChunkError says where
+        wrapped = ChunkError(key, chunk.index, chunk.start, reason)
         _record_chunk_failure(engine, planned, chunk, str(wrapped), run_id)
         raise wrapped from error
     return ChunkReport(
@@ -215,8 +254,21 @@ def _record_chunk_failure(
         )
 
 
-def finalize(engine: Engine, planned: PlannedFile) -> db.FileSummary:
-    """Sum the stored chunk results (a retried chunk counts once) into the file row."""
+def finalize(
+    engine: Engine,
+    planned: PlannedFile,
+    run_ids: Sequence[str | None] = (),
+    bucket: Bucket | None = None,
+) -> db.FileSummary:
+    """Sum the stored chunk results (a retried chunk counts once) into the file row, and
+    release the lease that the run (`run_ids`: it and the runs it re-executes) holds.
+
+    Every chunk step reported success before this runs, yet a chunk may have no stored
+    result: a database that crashed may lose the last commits it acknowledged (with
+    `synchronous_commit` off, or a failover to a lagging replica). With `bucket`, such
+    chunks are processed again here, so nothing is lost; without one, or if one still
+    fails, the file is `failed` and `IncompleteFileError` names the chunks.
+    """
     what = f"{planned.info.key}: finalize"
     if planned.rejected_reason is not None:
 
@@ -224,8 +276,35 @@ def finalize(engine: Engine, planned: PlannedFile) -> db.FileSummary:
             with engine.connect() as connection:
                 return db.load_summary(connection, planned.source_file_id)
 
-        return retrying(load, what)
-    return retrying(lambda: db.finalize_file(engine, planned.source_file_id), what)
+        summary = retrying(load, what)
+    else:
+        missing = retrying(
+            lambda: db.incomplete_chunks(engine, planned.source_file_id), f"{what}: results"
+        )
+        if missing and bucket is not None:
+            log.warning(
+                "%s: chunks %s have no stored result although their steps succeeded (the "
+                "database lost those commits?): processing them again",
+                planned.info.key,
+                ", ".join(map(str, missing)),
+            )
+            run_id = next((run_id for run_id in run_ids if run_id), None)
+            for chunk in planned.chunks:
+                if chunk.index in missing:
+                    ingest_chunk(bucket, engine, planned, chunk, run_id)
+        summary = retrying(lambda: db.finalize_file(engine, planned.source_file_id), what)
+        if summary.status == "failed":
+            raise IncompleteFileError(
+                planned.info.key,
+                retrying(lambda: db.incomplete_chunks(engine, planned.source_file_id), what),
+            )
+    holders = [run_id for run_id in run_ids if run_id]
+    if holders:
+        retrying(
+            lambda: failures_db.release_lease(engine, planned.info.key, holders),
+            f"{what}: lease",
+        )
+    return summary
 
 
 def ingest_object(
@@ -243,11 +322,33 @@ def ingest_object(
     engine's URL must reach the same database from another process.
     """
     reasons: Counter = Counter()
-    if workers <= 1:
-        planned = plan_object(bucket, engine, key, chunk_bytes, run_id)
-        for chunk in planned.chunks:
-            reasons.update(ingest_chunk(bucket, engine, planned, chunk, run_id).reasons)
-        return finalize(engine, planned), reasons
+    run_id = run_id or f"core-{uuid.uuid4().hex}"
+    try:
+        if workers <= 1:
+            planned = plan_object(bucket, engine, key, chunk_bytes, run_id)
+            for chunk in planned.chunks:
+                reasons.update(ingest_chunk(bucket, engine, planned, chunk, run_id).reasons)
+            return finalize(engine, planned, [run_id], bucket), reasons
+        return _ingest_in_workers(bucket, engine, key, chunk_bytes, run_id, workers, reasons)
+    except Exception as error:
+        # What the run-failure sensor does for a Dagster run: the file is `failed`, with
+        # the reason, and its lease is free.
+        try:
+            failures_db.record_run_failure(engine, run_id, [], key, root_cause(error))
+        except Exception as failure:  # never hide the ingest's own error behind this one
+            log.warning("%s: could not record the failure: %s", key, root_cause(failure))
+        raise
+
+
+def _ingest_in_workers(
+    bucket: Bucket,
+    engine: Engine,
+    key: str,
+    chunk_bytes: int,
+    run_id: str,
+    workers: int,
+    reasons: Counter,
+) -> tuple[db.FileSummary, Counter]:
     url = engine.url.render_as_string(hide_password=False)
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
@@ -264,7 +365,7 @@ def ingest_object(
         ]
         for future in futures:
             reasons.update(future.result().reasons)
-    return finalize(engine, planned), reasons
+    return finalize(engine, planned, [run_id], bucket), reasons
 
 
 @functools.cache

@@ -7,6 +7,7 @@ import os
 import dagster as dg
 
 from catalog_pipeline.assets.partitions import source_csvs
+from catalog_pipeline.observability import logger_run_config
 
 INGEST_JOB = "catalog_ingest_job"
 # Files up to this many chunks run every step in one process: a process per chunk costs
@@ -36,12 +37,13 @@ def executor_run_config(
     29.3-35.3 s where 2 took 32.9-38.9 s. The core path without Dagster gains nothing
     from a third worker (its workers never restart), so this is Dagster's step start.
     """
+    logs = logger_run_config()  # JSON run logs when CATALOG_LOG_FORMAT=json
     if size <= IN_PROCESS_MAX_CHUNKS * chunk_bytes:
-        return {"execution": {"config": {"in_process": {}}}}
+        return {"execution": {"config": {"in_process": {}}}, **logs}
     if steps is None:
         steps = (cores or os.cpu_count() or 1) + 1
     workers = max(1, min(steps, -(-size // chunk_bytes)))
-    return {"execution": {"config": {"multiprocess": multiprocess_config(workers)}}}
+    return {"execution": {"config": {"multiprocess": multiprocess_config(workers)}}, **logs}
 
 
 def multiprocess_config(workers: int) -> dict:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -18,7 +19,9 @@ from catalog_pipeline.definitions import build_definitions
 from catalog_pipeline.jobs import INGEST_JOB
 from catalog_pipeline.resources.catalog import BucketResource, CatalogDatabase, IngestSettings
 
-FAULT_SETTING = "CATALOG_TEST_FAULT"  # JSON: {"start": N, "failures": N, "markers": DIR}
+# JSON: {"start": N, "markers": DIR} and one of "failures": N, "overwrite_with": TEXT,
+# "hang_seconds": S (the read writes its process id to DIR/pid first, for a test to kill).
+FAULT_SETTING = "CATALOG_TEST_FAULT"
 
 
 class _FaultyBucket:
@@ -36,6 +39,9 @@ class _FaultyBucket:
             markers.mkdir(parents=True, exist_ok=True)
             attempt = len(list(markers.iterdir())) + 1
             (markers / f"attempt-{attempt}").touch()
+            if "hang_seconds" in self.fault:  # a step to kill: say where it runs, then wait
+                (markers / "pid").write_text(str(os.getpid()))
+                time.sleep(self.fault["hang_seconds"])
             if "overwrite_with" in self.fault:
                 self.inner.put(info.key, self.fault["overwrite_with"].encode())
             elif attempt <= self.fault.get("failures", 0):

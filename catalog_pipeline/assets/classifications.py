@@ -4,27 +4,41 @@ change), bounded by `limit`.
 
 Materialized automatically after `catalog_items` (its own run, so a classifier outage never
 fails an ingest), in pool `classifier` (limit 1: two runs never call the model at once).
+Every item the classifier fails on is counted in the failure ledger (`derivation_failures`);
+one that failed `max_failures` times on unchanged content is skipped until it changes or a
+run sets `retry_failed`, so no run pays for it again.
 """
 
 import time
 from collections.abc import Sequence
 
 import dagster as dg
+from sqlalchemy import Engine
 
 from catalog_pipeline.assets.ingest import CATALOG_ITEMS
 from catalog_pipeline.assets.partitions import object_key_for, source_csvs
 from catalog_pipeline.core.classification import (
+    ClassificationSummary,
     Classified,
     ClassifierError,
+    Failed,
     ItemText,
     classifier_key,
     classify_in_batches,
 )
 from catalog_pipeline.db.classifications import (
+    ScopeCounts,
     category_distribution,
     count_items,
     iter_items,
+    record_classification_failures,
+    skipped_after_failures,
     store_classifications,
+)
+from catalog_pipeline.db.derivation_failures import (
+    BlockedItem,
+    failure_counts,
+    max_failures_setting,
 )
 from catalog_pipeline.resources.catalog import CatalogDatabase
 from catalog_pipeline.resources.classifier import ClassifierResource
@@ -33,14 +47,79 @@ ITEM_CLASSIFICATIONS = dg.AssetKey("item_classifications")
 CLASSIFIER_POOL = "classifier"
 RECLASSIFY_JOB = "reclassify_catalog_job"
 FAILURES_SHOWN = 20
+SKIPPED_SHOWN = 10
+ERROR_CHARS_SHOWN = 300
 
 
 class ClassificationConfig(dg.Config):
     """`force`: classify even items unchanged since their stored result. `limit`: at most
-    this many items in this run (the rest wait for the next run)."""
+    this many items in this run (the rest wait for the next run). `max_failures`: skip items
+    that failed this often on unchanged content (default `CATALOG_MAX_DERIVATION_FAILURES`,
+    else 5); `retry_failed`: send them again anyway."""
 
     force: bool = False
     limit: int | None = None
+    max_failures: int | None = None
+    retry_failed: bool = False
+
+
+def failure_limit(config: ClassificationConfig) -> int:
+    """The run's `max_failures`: from config, else from the environment."""
+    if config.max_failures is not None:
+        if config.max_failures < 1:
+            raise dg.Failure(
+                description=f"max_failures must be 1 or more, not {config.max_failures}"
+            )
+        return config.max_failures
+    try:
+        return max_failures_setting()
+    except ValueError as error:
+        raise dg.Failure(description=str(error), allow_retries=False) from error
+
+
+def skipped_table(skipped: list[BlockedItem]) -> dg.TableMetadataValue:
+    return dg.MetadataValue.table(
+        [
+            dg.TableRecord(
+                {
+                    "sku": item.sku,
+                    "attempts": item.attempts,
+                    "last_error": item.last_error[:ERROR_CHARS_SHOWN],
+                }
+            )
+            for item in skipped
+        ],
+        schema=dg.TableSchema(
+            columns=[
+                dg.TableColumn("sku", "string"),
+                dg.TableColumn("attempts", "int"),
+                dg.TableColumn("last_error", "string"),
+            ]
+        ),
+    )
+
+
+def ledger_metadata(
+    engine: Engine,
+    key: str,
+    object_key: str | None,
+    counts: ScopeCounts,
+    summary: ClassificationSummary,
+    max_failures: int,
+) -> dict:
+    """This run's failures and skipped items, the ledger's totals for the classifier, and
+    the first skipped items with their last error."""
+    ledger = failure_counts(engine, key, max_failures)
+    metadata = {
+        "classification_failures": summary.failed,
+        "items_skipped_after_failures": counts.blocked,
+        "total_classification_failures": ledger.total,
+        "total_items_blocked_after_failures": ledger.blocked,
+    }
+    if counts.blocked:
+        skipped = skipped_after_failures(engine, key, max_failures, object_key, SKIPPED_SHOWN)
+        metadata["skipped_after_failures"] = skipped_table(skipped)
+    return metadata
 
 
 def distribution_table(distribution: list[tuple[str, int]]) -> dg.TableMetadataValue:
@@ -75,36 +154,53 @@ def classify_scope(
     scope = object_key or "the catalog"
     if config.limit is not None and config.limit < 0:
         raise dg.Failure(description=f"limit must be 0 or more, not {config.limit}")
+    max_failures = failure_limit(config)
+    leave_out = None if config.retry_failed else max_failures
     try:
         classifier = resource.build()
         key = classifier_key(classifier)
     except ClassifierError as error:
         raise dg.Failure(description=str(error), allow_retries=False) from error
     engine = catalog_db.engine()
-    counts = count_items(engine, key, object_key, config.force)
+    counts = count_items(engine, key, object_key, config.force, leave_out)
     planned = counts.pending if config.limit is None else min(config.limit, counts.pending)
     log.info(
         f"{scope}: {counts.total:,} items, {counts.unchanged:,} unchanged, "
+        f"{counts.blocked:,} skipped after {max_failures} failures, "
         f"classifying {planned:,} with {key}"
     )
-    stored = 0
+    stored = failed = 0
 
     def store(batch: Sequence[ItemText], results: list[Classified]) -> None:
         nonlocal stored
         stored += store_classifications(engine, key, batch, results)
 
-    items = iter_items(engine, key, object_key, config.force, config.limit)
+    def on_failed(batch: Sequence[ItemText], failures: list[Failed]) -> None:
+        nonlocal failed
+        failed += record_classification_failures(engine, key, batch, failures)
+
+    items = iter_items(engine, key, object_key, config.force, config.limit, max_failures=leave_out)
     try:
-        summary = classify_in_batches(classifier, items, store)
+        summary = classify_in_batches(classifier, items, store, on_failed)
     except ClassifierError as error:
         raise dg.Failure(
             description=f"{scope}: classifier {key} failed after storing {stored:,} of "
             f"{planned:,} items (stored results are kept; the next run continues with the "
             f"rest): {error}",
-            metadata={"classifier": key, "classified": stored, "object_key": scope},
+            metadata={
+                "classifier": key,
+                "classified": stored,
+                "classification_failures": failed,
+                "object_key": scope,
+            },
         ) from error
     for sku, reason in summary.failures[:FAILURES_SHOWN]:
         log.warning(f"{scope}: item {sku!r} not classified: {reason}")
+    if counts.blocked:
+        log.warning(
+            f"{scope}: {counts.blocked:,} items skipped: they failed {max_failures}+ times on "
+            "their current content (set retry_failed to send them again)"
+        )
     distribution = category_distribution(engine, key, object_key)
     metadata = {
         "classifier": key,
@@ -115,6 +211,7 @@ def classify_scope(
         "items": counts.total,
         "dagster/row_count": sum(count for _, count in distribution),
         "distribution": distribution_table(distribution),
+        **ledger_metadata(engine, key, object_key, counts, summary, max_failures),
         "seconds": round(time.monotonic() - started, 3),
     }
     if summary.failures:

@@ -63,7 +63,12 @@ def plan_chunks(
     key = object_key_for(context.partition_key)
     try:
         planned = ingest.plan_object(
-            bucket.open(), catalog_db.engine(), key, ingest_settings.chunk_bytes, context.run_id
+            bucket.open(),
+            catalog_db.engine(),
+            key,
+            ingest_settings.chunk_bytes,
+            context.run_id,
+            holder_alive=lambda run_id: run_is_alive(context.instance, run_id),
         )
     except Exception as error:
         raise step_failure(error, object_key=key) from error
@@ -85,6 +90,21 @@ def plan_chunks(
         yield dg.DynamicOutput(
             ChunkTask(planned, chunk), mapping_key=chunk_name(chunk), output_name="chunks"
         )
+
+
+def run_is_alive(instance: dg.DagsterInstance, run_id: str) -> bool | None:
+    """Whether the run holding an object's lease is still going, as this instance knows
+    it; None when the run is not in this instance (another instance, or the CLI's
+    ephemeral one): its lease then holds until it expires."""
+    run = instance.get_run_by_id(run_id)
+    if run is None:
+        return None
+    return not run.is_finished
+
+
+def run_family(run: dg.DagsterRun) -> list[str]:
+    """The run and the runs it re-executes: together they hold one file's state."""
+    return [i for i in dict.fromkeys([run.run_id, run.parent_run_id, run.root_run_id]) if i]
 
 
 def chunk_name(chunk: ByteRange) -> str:
@@ -147,11 +167,14 @@ def finalize(
     plan: PlanResult,
     reports: list[ingest.ChunkReport],
     catalog_db: CatalogDatabase,
+    bucket: BucketResource,
 ):
     """Sum the stored chunk results, reconcile them with the planner's record count."""
     try:
         engine = catalog_db.engine()
-        summary = ingest.finalize(engine, plan.planned)
+        summary = ingest.finalize(
+            engine, plan.planned, run_family(context.dagster_run), bucket.open()
+        )
         chunks = retrying(
             lambda: load_chunk_results(engine, summary.source_file_id),
             f"{summary.object_key}: chunk results",

@@ -149,10 +149,13 @@ class S3Bucket:
         self, bucket: str, prefix: str = "", endpoint_url: str | None = None, client=None, **options
     ) -> None:
         import boto3
+        from botocore.config import Config
 
         self.bucket = bucket
         self.prefix = prefix
         self.url = f"s3://{bucket}/{prefix}"
+        # One attempt per call unless told otherwise: core.retry retries, within its budget.
+        options.setdefault("config", Config(retries={"total_max_attempts": 1}))
         self.client = client or boto3.client("s3", endpoint_url=endpoint_url or None, **options)
 
     def _info(self, key: str, etag: str, size: int, last_modified: datetime) -> ObjectInfo:

@@ -18,7 +18,7 @@ from importlib import resources
 from itertools import islice
 from typing import Protocol
 
-from catalog_pipeline.core.errors import CatalogError
+from catalog_pipeline.core.errors import CatalogError, root_cause
 
 UNCLASSIFIED = "unclassified"
 MAX_KEY_LENGTH = 100  # item_classifications.classifier is String(100)
@@ -333,10 +333,16 @@ def classify_in_batches(
     classifier: Classifier,
     items: Iterable[ItemText],
     store: Callable[[Sequence[ItemText], list[Classified]], None],
+    on_failed: Callable[[Sequence[ItemText], list[Failed]], None] | None = None,
 ) -> ClassificationSummary:
     """Classify `items` (read lazily) in the classifier's batch size, storing each batch's
     results before asking for the next, so a failure later on never loses (or re-pays for)
-    earlier batches."""
+    earlier batches.
+
+    `on_failed` hears of every item without a result: the per-item failures of each batch,
+    and, before the `ClassifierError` that ends the run is re-raised, every item of the
+    batch that raised it (its reason is the error's root cause).
+    """
     attempted = classified = failed = 0
     failures: list[tuple[str, str]] = []
     size = max(1, classifier.batch_size)
@@ -344,15 +350,25 @@ def classify_in_batches(
     while batch := list(islice(iterator, size)):
         attempted += len(batch)
         skus = {item.item_id: item.sku for item in batch}
-        good = []
-        for outcome in classifier.classify(batch):
+        try:
+            outcomes = classifier.classify(batch)
+        except ClassifierError as error:
+            if on_failed is not None:
+                reason = root_cause(error)
+                on_failed(batch, [Failed(item.item_id, reason) for item in batch])
+            raise
+        good, bad = [], []
+        for outcome in outcomes:
             if isinstance(outcome, Classified):
                 good.append(outcome)
             else:
-                failed += 1
+                bad.append(outcome)
                 if len(failures) < FAILURES_KEPT:
                     failures.append((skus[outcome.item_id], outcome.reason))
         if good:
             store(batch, good)
+        if bad and on_failed is not None:
+            on_failed(batch, bad)
         classified += len(good)
+        failed += len(bad)
     return ClassificationSummary(attempted, classified, failed, tuple(failures))

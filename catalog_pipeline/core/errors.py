@@ -99,6 +99,22 @@ class ChunkError(CatalogError):
         return type(self), (self.object_key, self.chunk_index, self.byte_offset, self.reason)
 
 
+class IncompleteFileError(PermanentError):
+    """Finalize found chunks of the file without a stored result."""
+
+    def __init__(self, object_key: str, chunks: list[int] | tuple[int, ...]) -> None:
+        listed = ", ".join(map(str, chunks[:20])) + (" …" if len(chunks) > 20 else "")
+        super().__init__(
+            f"{object_key}: {len(chunks)} chunk(s) without a stored result ({listed}); "
+            "materialize the partition again"
+        )
+        self.object_key = object_key
+        self.chunks = tuple(chunks)
+
+    def __reduce__(self):
+        return type(self), (self.object_key, self.chunks)
+
+
 class RetriesExhaustedError(CatalogError):
     """A transient failure outlasted the retry budget. Permanent for this attempt (the
     step fails instead of retrying again), though a later run may well succeed."""
@@ -107,8 +123,8 @@ class RetriesExhaustedError(CatalogError):
 
     def __init__(self, what: str, attempts: int, seconds: float, reason: str) -> None:
         super().__init__(
-            f"{what}: {reason} (transient; still failing after {attempts} attempts "
-            f"over {seconds:.0f} s, the retry budget)"
+            f"{what}: {reason} (transient; still failing after {attempts} "
+            f"attempt{'s' * (attempts != 1)} over {seconds:.0f} s, the retry budget)"
         )
         self.what = what
         self.attempts = attempts

@@ -3,6 +3,10 @@ category distribution. Results are keyed by (item, `name@version`), so classifie
 taxonomy versions never mix, and an item is classified again only when its `content_hash`
 differs from the `input_hash` stored with its result (or when forced).
 
+Failures go to the ledger of `db.derivation_failures` (deriver = the classifier key): an
+item that failed `max_failures` times on unchanged content is left out of the items to
+classify (`max_failures=None`: nothing is left out), and a stored result clears its row.
+
 A partition's items are the items with provenance (`catalog_item_sources`) in any version of
 the partition's object (`source_files.object_key`).
 """
@@ -12,9 +16,16 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, and_, case, func, or_, select
+from sqlalchemy import Engine, and_, case, func, literal, or_, select, true
 
-from catalog_pipeline.core.classification import Classified, ItemText
+from catalog_pipeline.core.classification import Classified, Failed, ItemText
+from catalog_pipeline.db.derivation_failures import (
+    BlockedItem,
+    blocked,
+    blocked_items,
+    clear_failures,
+    record_failures,
+)
 from catalog_pipeline.db.engine import dialect_insert
 from catalog_pipeline.db.tables import (
     catalog_item_sources,
@@ -34,11 +45,12 @@ class ScopeCounts:
 
     total: int  # items in scope
     unchanged: int  # classified with this key and unchanged since (skipped unless forced)
+    blocked: int = 0  # would need classifying, but failed too often on this content
 
     @property
     def pending(self) -> int:
         """Items that need classifying now."""
-        return self.total - self.unchanged
+        return self.total - self.unchanged - self.blocked
 
 
 def _scope(object_key: str | None):
@@ -64,20 +76,42 @@ def _in_scope(object_key: str | None) -> list:
     return [] if scope is None else [_items.id.in_(scope)]
 
 
+def _needs(force: bool):
+    """Never classified with the joined classifier, or changed since (everything when forced)."""
+    if force:
+        return true()
+    return or_(_results.id.is_(None), _results.input_hash != _items.content_hash)
+
+
+def _count(condition):
+    """How many rows meet `condition` (0, not NULL, when there are none)."""
+    return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
+
+
 def count_items(
-    engine: Engine, classifier: str, object_key: str | None = None, force: bool = False
+    engine: Engine,
+    classifier: str,
+    object_key: str | None = None,
+    force: bool = False,
+    max_failures: int | None = None,
 ) -> ScopeCounts:
-    """Items of `object_key`'s partition (or of the whole catalog), and how many of them
-    are unchanged since `classifier` (`name@version`) classified them (0 when forced)."""
+    """Items of `object_key`'s partition (or of the whole catalog), how many of them are
+    unchanged since `classifier` (`name@version`) classified them (0 when forced), and how
+    many of the others failed `max_failures` times on their content (0 when None)."""
     unchanged = _results.input_hash == _items.content_hash
+    left_out = (
+        _count(and_(_needs(force), blocked(classifier, max_failures)))
+        if max_failures is not None
+        else literal(0)
+    )
     query = (
-        select(func.count(), func.coalesce(func.sum(case((unchanged, 1), else_=0)), 0))
+        select(func.count(), _count(unchanged), left_out)
         .select_from(_with_results(classifier))
         .where(*_in_scope(object_key))
     )
     with engine.connect() as connection:
-        total, unchanged_count = connection.execute(query).one()
-    return ScopeCounts(int(total), 0 if force else int(unchanged_count))
+        total, unchanged_count, blocked_count = connection.execute(query).one()
+    return ScopeCounts(int(total), 0 if force else int(unchanged_count), int(blocked_count))
 
 
 def iter_items(
@@ -87,14 +121,15 @@ def iter_items(
     force: bool = False,
     limit: int | None = None,
     page_size: int = 1000,
+    max_failures: int | None = None,
 ) -> Iterator[ItemText]:
     """The scope's items to classify with `classifier`, never classified with it or changed
-    since (every item when forced), in item id order, at most `limit`.
+    since (every item when forced), in item id order, at most `limit`; without the items
+    that failed `max_failures` times on their current content (unless it is None).
 
     Read in pages by id (one short read per page), so a million-item scope never sits in
     memory and results stored between pages do not disturb the iteration.
     """
-    needs = or_(_results.id.is_(None), _results.input_hash != _items.content_hash)
     columns = (
         _items.id,
         _items.sku,
@@ -104,9 +139,13 @@ def iter_items(
         _items.description,
         _items.content_hash,
     )
-    base = select(*columns).select_from(_with_results(classifier)).where(*_in_scope(object_key))
-    if not force:
-        base = base.where(needs)
+    base = (
+        select(*columns)
+        .select_from(_with_results(classifier))
+        .where(*_in_scope(object_key), _needs(force))
+    )
+    if max_failures is not None:
+        base = base.where(~blocked(classifier, max_failures))
     remaining = limit
     after = None
     while remaining is None or remaining > 0:
@@ -128,7 +167,8 @@ def store_classifications(
     engine: Engine, classifier: str, items: Sequence[ItemText], results: Sequence[Classified]
 ) -> int:
     """Upsert results keyed (item, classifier); `input_hash` is the content hash the
-    classifier saw. Returns the number of rows written."""
+    classifier saw. The items' failures with `classifier` are cleared in the same
+    transaction. Returns the number of rows written."""
     hashes = {item.item_id: item.content_hash for item in items}
     now = utcnow()
     rows = [
@@ -156,7 +196,30 @@ def store_classifications(
             },
         )
         connection.execute(statement, rows)
+        clear_failures(connection, classifier, [row["item_id"] for row in rows])
     return len(rows)
+
+
+def record_classification_failures(
+    engine: Engine, classifier: str, items: Sequence[ItemText], failed: Sequence[Failed]
+) -> int:
+    """One more failure in the ledger for each failed item, against the content hash the
+    classifier saw. Returns the number of items recorded."""
+    hashes = {item.item_id: item.content_hash for item in items}
+    return record_failures(
+        engine, classifier, [(f.item_id, hashes[f.item_id], f.reason) for f in failed]
+    )
+
+
+def skipped_after_failures(
+    engine: Engine,
+    classifier: str,
+    max_failures: int,
+    object_key: str | None = None,
+    limit: int = 10,
+) -> list[BlockedItem]:
+    """The scope's items left out because they failed too often, most attempts first."""
+    return blocked_items(engine, classifier, max_failures, _scope(object_key), limit)
 
 
 def category_distribution(

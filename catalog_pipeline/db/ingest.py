@@ -45,6 +45,7 @@ from catalog_pipeline.core.chunking import ChunkPlan
 from catalog_pipeline.core.ingest import ChunkOutcome, InvalidRecord
 from catalog_pipeline.db.binary_copy import copy_payload
 from catalog_pipeline.db.engine import dialect_insert
+from catalog_pipeline.db.failures import renew_lease
 from catalog_pipeline.db.playcount import record_scrape_readings, scrape_readings_insert
 from catalog_pipeline.db.tables import (
     UtcDateTime,
@@ -235,6 +236,7 @@ def write_chunk(
             _log_invalid(connection, file_row.object_key, source_file_id, chunk_index, invalid)
         if items.num_rows:
             _upsert_items(connection, file_row, source_file_id, items)
+        renew_lease(connection, file_row.object_key)
         _record_attempt(
             connection,
             source_file_id,
@@ -530,13 +532,38 @@ def finalize_file(engine: Engine, source_file_id: int) -> FileSummary:
         return load_summary(connection, source_file_id, chunks_total, completed)
 
 
+def incomplete_chunks(engine: Engine, source_file_id: int) -> list[int]:
+    """The planned chunks of a file that have no completed result, in order."""
+    with engine.connect() as connection:
+        return list(
+            connection.execute(
+                select(source_chunks.c.chunk_index)
+                .where(
+                    source_chunks.c.source_file_id == source_file_id,
+                    source_chunks.c.status != "completed",
+                )
+                .order_by(source_chunks.c.chunk_index)
+            ).scalars()
+        )
+
+
 def load_summary(
     connection: Connection,
     source_file_id: int,
     chunks_total: int | None = None,
     chunks_completed: int | None = None,
 ) -> FileSummary:
-    summary_columns = ["id", "object_key", "etag", "status", "rows_total", "rows_valid", "rows_invalid", "verified_row_count", "rejected_reason"]
+    summary_columns = [
+        "id",
+        "object_key",
+        "etag",
+        "status",
+        "rows_total",
+        "rows_valid",
+        "rows_invalid",
+        "verified_row_count",
+        "rejected_reason",
+    ]
     row = connection.execute(
         select(*(source_files.c[name] for name in summary_columns)).where(
             source_files.c.id == source_file_id

@@ -43,7 +43,10 @@ class BucketResource(dg.ConfigurableResource):
         if self.url.startswith("s3://"):
             from dagster_aws.s3 import S3Resource
 
-            client = S3Resource(endpoint_url=self.endpoint_url).get_client()
+            # One attempt per call (botocore's `max_attempts` counts retries): our retry
+            # layer (core.retry) decides how long to retry, with its budget; boto3's own
+            # retries inside it would multiply the waits.
+            client = S3Resource(endpoint_url=self.endpoint_url, max_attempts=0).get_client()
             bucket = open_bucket(self.url, client=client)
             assert isinstance(bucket, S3Bucket)
             return bucket

@@ -7,6 +7,7 @@ import dagster as dg
 from catalog_pipeline import discovery
 from catalog_pipeline.assets.ingest import CATALOG_ITEMS
 from catalog_pipeline.assets.partitions import partition_key_for, source_csvs
+from catalog_pipeline.core.errors import RetriesExhaustedError, is_transient, root_cause
 from catalog_pipeline.jobs import catalog_ingest_job, executor_run_config
 from catalog_pipeline.resources.catalog import BucketResource, CatalogDatabase, IngestSettings
 
@@ -46,14 +47,21 @@ def build_new_csv_objects_sensor(
         ingest_settings: IngestSettings,
     ) -> dg.SensorResult:
         partitions = set(context.instance.get_dynamic_partitions(source_csvs.name))
-        found = discovery.discover(
-            bucket.open(),
-            catalog_db.engine(),
-            context.cursor or "",
-            lambda info: partition_key_for(info.key) in partitions,
-            scan_limit=scan_limit,
-            request_limit=request_limit,
-        )
+        try:
+            found = discovery.discover(
+                bucket.open(),
+                catalog_db.engine(),
+                context.cursor or "",
+                lambda info: partition_key_for(info.key) in partitions,
+                scan_limit=scan_limit,
+                request_limit=request_limit,
+            )
+        except Exception as error:
+            if not (is_transient(error) or isinstance(error, RetriesExhaustedError)):
+                raise
+            # The bucket or the database is down or throttling: this tick is skipped, the
+            # cursor stays, and the next tick resumes where this one started.
+            return dg.SensorResult(skip_reason=f"skipped this tick: {root_cause(error)}")
         requests = []
         for info in found.new:
             key = partition_key_for(info.key)

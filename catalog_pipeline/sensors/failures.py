@@ -1,0 +1,139 @@
+"""Run-status sensors that turn an ingest run's end into the file's state: a run that
+failed (any step's error, the retry budget spent, the object changed) or was cancelled,
+or whose worker died (run monitoring fails it), leaves its file `failed` with the root
+cause, and the alert goes out once. They see runs from every launch path: the UI's
+Materialize and backfills (`__ASSET_JOB`), `catalog_ingest_job`, the sensor's runs."""
+
+from __future__ import annotations
+
+import os
+
+import dagster as dg
+
+from catalog_pipeline import failures
+from catalog_pipeline.assets.ingest import CATALOG_ITEMS, run_family
+from catalog_pipeline.assets.partitions import object_key_for
+from catalog_pipeline.db.failures import RecordedFailure
+from catalog_pipeline.jobs import INGEST_JOB
+from catalog_pipeline.resources.catalog import BucketResource, CatalogDatabase
+
+ETAG_TAG = "catalog/etag"
+PARTITION_TAG = "dagster/partition"
+WEBSERVER_URL_SETTING = "CATALOG_DAGSTER_URL"
+DEFAULT_WEBSERVER_URL = "http://127.0.0.1:3000"
+
+
+def ingest_partition(run: dg.DagsterRun) -> str | None:
+    """The `source_csvs` partition a run ingests, or None when it is not an ingest run."""
+    partition = run.tags.get(PARTITION_TAG)
+    if not partition:
+        return None
+    if run.job_name == INGEST_JOB or CATALOG_ITEMS in (run.asset_selection or set()):
+        return partition
+    return None
+
+
+def run_failure_reason(instance: dg.DagsterInstance, run_id: str, fallback: str) -> str:
+    """The root cause of a run's failure: the first failed step's own description (our
+    steps raise `Failure` with it) or its innermost error, never Dagster's wrapper; for a
+    step whose process died (SIGKILL, out of memory) the executor's explanation; the
+    run-level message (cancelled, worker lost) when no step failed."""
+    failed_steps = instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_FAILURE)
+    reasons = [_step_reason(instance, run_id, entry) for entry in failed_steps]
+    if not reasons:
+        return fallback.strip() or "the run failed"
+    more = len(reasons) - 1
+    return reasons[0] + (f" (and {more} more failed step{'s' * (more > 1)})" if more else "")
+
+
+def _step_reason(instance: dg.DagsterInstance, run_id: str, entry) -> str:
+    data = entry.dagster_event.step_failure_data
+    if data.user_failure_data is not None and data.user_failure_data.description:
+        return data.user_failure_data.description
+    error = data.error
+    while error is not None and error.cause is not None:
+        error = error.cause
+    if error is not None and error.cls_name == "ChildProcessCrashException":
+        return _crash_explanation(instance, run_id, entry.step_key)
+    lines = (error.message if error else "").strip().splitlines()
+    return lines[0] if lines else f"step {entry.step_key} failed"
+
+
+def _crash_explanation(instance: dg.DagsterInstance, run_id: str, step_key: str | None) -> str:
+    """The executor's engine event for a step process that died ("… was terminated by
+    signal 9 (SIGKILL) …"), first sentence."""
+    for entry in instance.all_logs(run_id, of_type=dg.DagsterEventType.ENGINE_EVENT):
+        message = entry.dagster_event.message or ""
+        if entry.step_key == step_key and "child process for step" in message:
+            return message.split(". ")[0].strip().rstrip(".") + "; the step's work was not saved"
+    return f"the process of step {step_key} died without reporting an error"
+
+
+def run_url(run_id: str) -> str:
+    base = os.environ.get(WEBSERVER_URL_SETTING) or DEFAULT_WEBSERVER_URL
+    return f"{base.rstrip('/')}/runs/{run_id}"
+
+
+def record_failed_run(
+    instance: dg.DagsterInstance,
+    run: dg.DagsterRun,
+    fallback_reason: str,
+    catalog_db: CatalogDatabase,
+    bucket: BucketResource,
+) -> RecordedFailure | None:
+    """Mark the run's file `failed` and alert (once per run); None for other runs."""
+    partition = ingest_partition(run)
+    if partition is None:
+        return None
+    return failures.handle_failed_ingest(
+        catalog_db.engine(),
+        bucket.open(),
+        run_id=run.run_id,
+        run_family=run_family(run),
+        object_key=object_key_for(partition),
+        partition_key=partition,
+        reason=run_failure_reason(instance, run.run_id, fallback_reason),
+        job_name=run.job_name,
+        etag=run.tags.get(ETAG_TAG),
+        run_url=run_url(run.run_id),
+    )
+
+
+def _log(context, run: dg.DagsterRun, recorded: RecordedFailure | None) -> None:
+    if recorded is None:
+        return
+    context.log.info(
+        f"run {run.run_id}: file {'marked failed' if recorded.file_marked else 'unchanged'}"
+        f"{'' if recorded.new else ' (recorded before)'}"
+    )
+
+
+@dg.run_failure_sensor(
+    name="ingest_run_failure_sensor",
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=10,
+    description="Marks the file of a failed ingest run `failed` with the root cause and "
+    "the chunks that did not complete, and sends the alert (webhook, Sentry) once per run.",
+)
+def ingest_run_failure_sensor(
+    context: dg.RunFailureSensorContext, catalog_db: CatalogDatabase, bucket: BucketResource
+) -> None:
+    run = context.dagster_run
+    reason = context.failure_event.message or ""
+    _log(context, run, record_failed_run(context.instance, run, reason, catalog_db, bucket))
+
+
+@dg.run_status_sensor(
+    run_status=dg.DagsterRunStatus.CANCELED,
+    name="ingest_run_canceled_sensor",
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=10,
+    description="Marks the file of a cancelled ingest run `failed` (reason: cancelled), "
+    "so that no file stays `ingesting` after its run has ended.",
+)
+def ingest_run_canceled_sensor(
+    context: dg.RunStatusSensorContext, catalog_db: CatalogDatabase, bucket: BucketResource
+) -> None:
+    run = context.dagster_run
+    reason = f"run {run.run_id} was cancelled before the file was complete"
+    _log(context, run, record_failed_run(context.instance, run, reason, catalog_db, bucket))

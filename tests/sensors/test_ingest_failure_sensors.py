@@ -1,0 +1,145 @@
+"""A run that ends without completing its file leaves the file `failed`, with the root
+cause, and one alert: a chunk step's process killed with SIGKILL, an object overwritten
+mid-run; the run-failure sensor evaluated on the real instance; a re-run completes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+
+import dagster as dg
+import pytest
+from sqlalchemy import select
+
+from catalog_pipeline.assets.partitions import partition_key_for, source_csvs
+from catalog_pipeline.core.samples import sample_csv
+from catalog_pipeline.db.tables import ingest_leases, ingest_run_failures, source_files
+from catalog_pipeline.definitions import build_definitions
+from catalog_pipeline.sensors.failures import ingest_run_failure_sensor
+from tests.dagster_jobs import FAULT_SETTING, faulty_ingest_job, resources
+from tests.helpers import content_dump
+from tests.webhook_receiver import WebhookReceiver
+
+KEY = "shop_2026-11-05T06-00-00.csv"
+CHUNK_BYTES = 32 * 1024
+DATA = sample_csv(250, seed=31)
+# Spawned step processes: a forkserver would keep the environment of the first test that
+# started it, and these tests point the job at their own bucket and database by it.
+MULTIPROCESS = {"execution": {"config": {"multiprocess": {"max_concurrent": 2}}}}
+
+
+@pytest.fixture
+def setup(monkeypatch, tmp_path, local_bucket, engine):
+    local_bucket.put(KEY, DATA)
+    database_url = engine.url.render_as_string(hide_password=False)
+    monkeypatch.setenv("CATALOG_TEST_BUCKET_URL", local_bucket.url)
+    monkeypatch.setenv("CATALOG_TEST_DATABASE_URL", database_url)
+    monkeypatch.setenv("CATALOG_TEST_CHUNK_BYTES", str(CHUNK_BYTES))
+    receiver = WebhookReceiver().__enter__()
+    monkeypatch.setenv("CATALOG_ALERT_WEBHOOK_URL", receiver.url)
+    yield receiver, database_url
+    receiver.__exit__()
+
+
+def _execute(instance: dg.DagsterInstance, run_config: dict, reexecution_of: str | None = None):
+    instance.add_dynamic_partitions(source_csvs.name, [partition_key_for(KEY)])
+    options = (
+        dg.ReexecutionOptions.from_failure(reexecution_of, instance) if reexecution_of else None
+    )
+    return dg.execute_job(
+        dg.reconstructable(faulty_ingest_job),
+        instance,
+        run_config=run_config,
+        tags=None if reexecution_of else {"dagster/partition": partition_key_for(KEY)},
+        reexecution_options=options,
+        raise_on_error=False,
+    )
+
+
+def _evaluate_failure_sensor(instance, database_url, bucket_url, cursor=None):
+    definitions = build_definitions(resources(bucket_url, database_url, CHUNK_BYTES))
+    context = dg.build_sensor_context(
+        instance=instance,
+        cursor=cursor,
+        definitions=definitions,
+        sensor_name=ingest_run_failure_sensor.name,
+        resources=resources(bucket_url, database_url, CHUNK_BYTES),
+    )
+    sensor = definitions.resolve_sensor_def(ingest_run_failure_sensor.name)
+    result = sensor.evaluate_tick(context)
+    assert result.sensor_error is None if hasattr(result, "sensor_error") else True
+    return result.cursor, result
+
+
+def _file_rows(engine):
+    with engine.connect() as connection:
+        return connection.execute(
+            select(
+                source_files.c.status,
+                source_files.c.error,
+                source_files.c.failed_chunks,
+                source_files.c.run_id,
+            ).order_by(source_files.c.id)
+        ).all()
+
+
+def test_a_chunk_step_killed_by_sigkill_leaves_the_file_failed_and_alerts_once(
+    setup, engine, local_bucket, tmp_path, monkeypatch
+):
+    receiver, database_url = setup
+    markers = tmp_path / "markers"
+    with dg.instance_for_test() as instance:
+        cursor, _ = _evaluate_failure_sensor(instance, database_url, local_bucket.url)
+        from catalog_pipeline.ingest import plan_object
+
+        planned = plan_object(local_bucket, engine, KEY, CHUNK_BYTES)
+        monkeypatch.setenv(
+            FAULT_SETTING,
+            json.dumps(
+                {"start": planned.chunks[1].start, "markers": str(markers), "hang_seconds": 120}
+            ),
+        )
+
+        def kill_the_hanging_step() -> None:
+            pid_file = markers / "pid"
+            deadline = time.monotonic() + 60
+            while not pid_file.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.2)
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+        killer = threading.Thread(target=kill_the_hanging_step)
+        killer.start()
+        failed = _execute(instance, MULTIPROCESS)
+        killer.join()
+        assert not failed.success
+        assert _file_rows(engine)[-1].status == "ingesting"  # nothing in the run could say
+
+        cursor, _ = _evaluate_failure_sensor(instance, database_url, local_bucket.url, cursor)
+        (row,) = _file_rows(engine)
+        assert row.status == "failed"
+        assert 1 in json.loads(row.failed_chunks)
+        assert row.error and "Traceback" not in row.error
+        assert "process_chunk[chunk_00001]" in row.error and "SIGKILL" in row.error
+        assert len(receiver.bodies) == 1
+        alert = json.dumps(receiver.bodies[0])
+        assert KEY in alert and failed.run_id[:8] in alert
+        with engine.connect() as connection:
+            recorded = connection.execute(select(ingest_run_failures)).one()
+            assert recorded.run_id == failed.run_id and recorded.alerted_at is not None
+            assert connection.execute(select(ingest_leases)).all() == []  # lease released
+
+        # The sensor sees the run once: no second alert on the next tick.
+        _evaluate_failure_sensor(instance, database_url, local_bucket.url, cursor)
+        assert len(receiver.bodies) == 1
+
+        monkeypatch.delenv(FAULT_SETTING)
+        again = _execute(instance, MULTIPROCESS, reexecution_of=failed.run_id)
+        assert again.success
+    (row,) = _file_rows(engine)
+    assert row.status == "completed"
+    files = content_dump(engine)["files"]
+    assert files == [(KEY, "completed", 250, files[0][3], files[0][4], 250)]
