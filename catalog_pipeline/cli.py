@@ -9,8 +9,16 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 from catalog_pipeline import settings
+
+if TYPE_CHECKING:
+    import dagster as dg
+    from sqlalchemy import Engine
+
+    from catalog_pipeline.core.bucket import Bucket, ObjectInfo
+    from catalog_pipeline.resources.catalog import BucketResource, CatalogDatabase
 
 DEMO_HINT = """
 Open the Dagster UI on this catalog:
@@ -76,6 +84,23 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--rows", type=int, default=40_000, help="rows of the large sample file")
     demo.add_argument("--json", action="store_true", help="print a JSON summary only")
 
+    repair = commands.add_parser(
+        "repair",
+        help="re-ingest one object's current version through the Dagster job, in-process",
+        description="Re-ingest one object key's current version through the same job as "
+        "`ingest`, and record the attempt in repair_history. Refused when the object "
+        "changed since its last ingest (the repair would ingest a version nobody has "
+        "looked at), unless --force is given.",
+    )
+    repair.add_argument("key", metavar="KEY", help="the object key, as in source_files")
+    repair.add_argument(
+        "--force",
+        action="store_true",
+        help="ingest the current version even if the object changed since it was ingested",
+    )
+    _add_target_options(repair)
+    repair.add_argument("--json", action="store_true", help="print a JSON summary only")
+
     database = commands.add_parser("db", help="database maintenance")
     database_commands = database.add_subparsers(dest="db_command", required=True)
     upgrade = database_commands.add_parser("upgrade", help="apply migrations up to the newest")
@@ -89,6 +114,12 @@ def _run(arguments: argparse.Namespace) -> int:
     from catalog_pipeline.observability import configure_python_logging
 
     configure_python_logging()
+    if arguments.command == "repair":
+        from catalog_pipeline.repair import run_repair_command
+
+        return run_repair_command(
+            ingest_session(), arguments.key, force=arguments.force, json_mode=arguments.json
+        )
     if arguments.command == "demo":
         _write_demo(arguments.rows, quiet=arguments.json)
     results = ingest_bucket(progress=not arguments.json or sys.stderr.isatty())
@@ -197,19 +228,73 @@ def ingest_bucket(progress: bool = True) -> list[FileResult]:
     root cause (and alerts, once), exactly as the run-failure sensor does for runs the
     daemon sees; the other files go on.
     """
-    import dagster as dg
-
-    from catalog_pipeline.assets.partitions import partition_key_for, source_csvs
-    from catalog_pipeline.core.errors import root_cause
     from catalog_pipeline.core.naming import is_csv_key
     from catalog_pipeline.core.retry import retrying
+
+    session = ingest_session()
+    bucket = session.bucket
+    objects = retrying(
+        lambda: [info for info in bucket.list_objects() if is_csv_key(info.key)],
+        f"listing {bucket.url}",
+    )
+    session.add_partitions(objects)
+    results = []
+    for number, info in enumerate(objects, 1):
+        started = time.perf_counter()
+        result = ingest_one(session, info).result
+        results.append(result)
+        if progress:
+            print(
+                f"[{number}/{len(objects)}] {info.key}: {result.status}, "
+                f"{result.rows_valid:,} valid, {result.rows_invalid:,} invalid "
+                f"({time.perf_counter() - started:.1f}s)",
+                file=sys.stderr,
+                flush=True,
+            )
+    return results
+
+
+@dataclass(frozen=True, slots=True)
+class IngestSession:
+    """What the CLI's ingest runs share: the job, the instance its runs go to, their run
+    config, the bucket and the catalog database (migrated), and the resources with which
+    a failed run's file is recorded `failed`."""
+
+    job: dg.JobDefinition
+    instance: dg.DagsterInstance
+    run_config: dict
+    bucket: Bucket
+    engine: Engine
+    failure_resources: tuple[CatalogDatabase, BucketResource]
+
+    def add_partitions(self, objects: Sequence[ObjectInfo]) -> None:
+        """Register the objects' `source_csvs` partitions (a known one is left as it is)."""
+        from catalog_pipeline.assets.partitions import partition_key_for, source_csvs
+
+        self.instance.add_dynamic_partitions(
+            source_csvs.name, [partition_key_for(info.key) for info in objects]
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class IngestedObject:
+    """One object's `catalog_ingest_job` run: its result, its run and its file row (None
+    when the run left no row the database could be asked about)."""
+
+    result: FileResult
+    run_id: str
+    source_file_id: int | None
+
+
+def ingest_session() -> IngestSession:
+    """Set up the ingest runs of this process (see `ingest_bucket`)."""
+    import dagster as dg
+
     from catalog_pipeline.db.engine import make_engine
-    from catalog_pipeline.db.ingest import latest_summary
     from catalog_pipeline.definitions import build_definitions
     from catalog_pipeline.jobs import INGEST_JOB
     from catalog_pipeline.observability import json_logs_enabled
     from catalog_pipeline.resources.catalog import BucketResource, CatalogDatabase
-    from catalog_pipeline.sensors.failures import record_failed_run, run_failure_reason
 
     definitions = build_definitions()
     job = definitions.resolve_job_def(INGEST_JOB)
@@ -217,15 +302,8 @@ def ingest_bucket(progress: bool = True) -> list[FileResult]:
     _checked_engine(make_engine)
     catalog_db = CatalogDatabase(url=settings.setting(settings.DATABASE_URL))
     engine = catalog_db.engine()
-    objects = retrying(
-        lambda: [info for info in bucket.list_objects() if is_csv_key(info.key)],
-        f"listing {bucket.url}",
-    )
     instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else None
     instance = instance or dg.DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions(
-        source_csvs.name, [partition_key_for(info.key) for info in objects]
-    )
     # Step failures are reported below with their root cause; Dagster's own lines for
     # them carry stack traces, which a CLI user should not have to read.
     # With CATALOG_LOG_FORMAT=json the run logs are wanted, as JSON lines (no traces).
@@ -238,56 +316,58 @@ def ingest_bucket(progress: bool = True) -> list[FileResult]:
             endpoint_url=settings.setting(settings.S3_ENDPOINT_URL),
         ),
     )
-    results = []
-    for number, info in enumerate(objects, 1):
-        started = time.perf_counter()
-        run = job.execute_in_process(
-            partition_key=partition_key_for(info.key),
-            instance=instance,
-            raise_on_error=False,
-            run_config=quiet_logs,
-            tags={
-                "catalog/object_key": info.key,
-                "catalog/etag": info.etag,
-                "catalog/launched_by": "catalog-pipeline",
-            },
+    return IngestSession(job, instance, quiet_logs, bucket, engine, failure_resources)
+
+
+def ingest_one(session: IngestSession, info: ObjectInfo) -> IngestedObject:
+    """Run `catalog_ingest_job` in-process for one object (its partition registered) and
+    report the file: completed or rejected from its row, else failed with the root cause,
+    recorded on the file as the run-failure sensor would."""
+    from catalog_pipeline.assets.partitions import partition_key_for
+    from catalog_pipeline.core.errors import root_cause
+    from catalog_pipeline.core.retry import retrying
+    from catalog_pipeline.db.ingest import latest_summary
+    from catalog_pipeline.sensors.failures import record_failed_run, run_failure_reason
+
+    instance, engine = session.instance, session.engine
+    run = session.job.execute_in_process(
+        partition_key=partition_key_for(info.key),
+        instance=instance,
+        raise_on_error=False,
+        run_config=session.run_config,
+        tags={
+            "catalog/object_key": info.key,
+            "catalog/etag": info.etag,
+            "catalog/launched_by": "catalog-pipeline",
+        },
+    )
+    reason = None
+    try:
+        if not run.success:
+            reason = run_failure_reason(instance, run.run_id, "the run failed")
+            record_failed_run(instance, run.dagster_run, reason, *session.failure_resources)
+        summary = retrying(
+            lambda: latest_summary(engine, info.key, info.etag), f"{info.key}: summary"
         )
-        reason = None
-        try:
-            if not run.success:
-                reason = run_failure_reason(instance, run.run_id, "the run failed")
-                record_failed_run(instance, run.dagster_run, reason, *failure_resources)
-            summary = retrying(
-                lambda key=info.key, etag=info.etag: latest_summary(engine, key, etag),
-                f"{info.key}: summary",
-            )
-        except Exception as error:  # the database is gone past the budget: say so, go on
-            reason = reason or root_cause(error)
-            print(f"{info.key}: could not record the outcome: {root_cause(error)}", file=sys.stderr)
-            summary = None
-        if not run.success or summary is None or summary.status not in ("completed", "rejected"):
-            status = "failed"
-            reason = reason or "the run ended without a record of the file"
-        else:
-            status = summary.status
-        result = FileResult(
-            object_key=info.key,
-            status=status,
-            rows_total=summary.rows_total if summary else 0,
-            rows_valid=summary.rows_valid if summary else 0,
-            rows_invalid=summary.rows_invalid if summary else 0,
-            verified_row_count=summary.verified_row_count if summary else None,
-            rejected_reason=reason if status == "failed" else summary.rejected_reason,
-        )
-        results.append(result)
-        if progress:
-            print(
-                f"[{number}/{len(objects)}] {info.key}: {status}, {result.rows_valid:,} valid, "
-                f"{result.rows_invalid:,} invalid ({time.perf_counter() - started:.1f}s)",
-                file=sys.stderr,
-                flush=True,
-            )
-    return results
+    except Exception as error:  # the database is gone past the budget: say so, go on
+        reason = reason or root_cause(error)
+        print(f"{info.key}: could not record the outcome: {root_cause(error)}", file=sys.stderr)
+        summary = None
+    if not run.success or summary is None or summary.status not in ("completed", "rejected"):
+        status = "failed"
+        reason = reason or "the run ended without a record of the file"
+    else:
+        status = summary.status
+    result = FileResult(
+        object_key=info.key,
+        status=status,
+        rows_total=summary.rows_total if summary else 0,
+        rows_valid=summary.rows_valid if summary else 0,
+        rows_invalid=summary.rows_invalid if summary else 0,
+        verified_row_count=summary.verified_row_count if summary else None,
+        rejected_reason=reason if status == "failed" else summary.rejected_reason,
+    )
+    return IngestedObject(result, run.run_id, summary.source_file_id if summary else None)
 
 
 def format_summary(results: list[FileResult]) -> str:

@@ -41,7 +41,7 @@ def run_failure_reason(instance: dg.DagsterInstance, run_id: str, fallback: str)
     failed_steps = instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_FAILURE)
     reasons = [_step_reason(instance, run_id, entry) for entry in failed_steps]
     if not reasons:
-        return fallback.strip() or "the run failed"
+        return _run_level_reason(instance, run_id) or fallback.strip() or "the run failed"
     more = len(reasons) - 1
     return reasons[0] + (f" (and {more} more failed step{'s' * (more > 1)})" if more else "")
 
@@ -57,6 +57,29 @@ def _step_reason(instance: dg.DagsterInstance, run_id: str, entry) -> str:
         return _crash_explanation(instance, run_id, entry.step_key)
     lines = (error.message if error else "").strip().splitlines()
     return lines[0] if lines else f"step {entry.step_key} failed"
+
+
+# Engine events that say why a run ended without a step failing: the code server saw its
+# run worker die, or run monitoring found it gone.
+_WORKER_DEATH = ("terminated by signal", "exited with code", "Detected run worker status")
+
+
+def _run_level_reason(instance: dg.DagsterInstance, run_id: str) -> str | None:
+    """Why a run failed when no step did: the run failure's own error (innermost), else
+    the engine event that reported its worker's death."""
+    for entry in reversed(instance.all_logs(run_id, of_type=dg.DagsterEventType.RUN_FAILURE)):
+        data = entry.dagster_event.event_specific_data
+        error = getattr(data, "error", None)
+        while error is not None and error.cause is not None:
+            error = error.cause
+        if error is not None and error.message.strip():
+            return error.message.strip().splitlines()[0]
+    for entry in reversed(instance.all_logs(run_id, of_type=dg.DagsterEventType.ENGINE_EVENT)):
+        message = (entry.dagster_event.message or "").strip()
+        if any(marker in message for marker in _WORKER_DEATH):
+            first = message.removeprefix("[DagsterApiServer] ").split(". ")[0].rstrip(".")
+            return f"{first}; the run worker died (killed, or out of memory)"
+    return None
 
 
 def _crash_explanation(instance: dg.DagsterInstance, run_id: str, step_key: str | None) -> str:
