@@ -145,11 +145,18 @@ def _run(arguments: argparse.Namespace) -> int:
 
 def _explain(error: BaseException) -> tuple[str, str]:
     """A sentence for an error that stopped the command, and what to do next."""
-    from catalog_pipeline.core.errors import is_transient, root_cause
+    from catalog_pipeline.core.alerts import redact_secrets
+    from catalog_pipeline.core.errors import is_configuration_error, is_transient, root_cause
 
-    message = str(error) if isinstance(error, UsageError) else root_cause(error)
+    # Our own sentences show URLs without passwords; a library's may quote one whole.
+    message = str(error) if isinstance(error, UsageError) else redact_secrets(root_cause(error))
     if isinstance(error, UsageError | ValueError):
         hint = "Check the command line and the CATALOG_* settings (see docs/operations.md)."
+    elif is_configuration_error(error):
+        hint = (
+            "No retry can fix this: check the host, user, password and database name of "
+            f"--database-url or ${settings.DATABASE_URL}, then run again."
+        )
     elif is_transient(error) or "still failing after" in message:
         hint = (
             "The bucket or the database did not answer within the retry budget "
@@ -192,14 +199,26 @@ def _upgrade() -> int:
 
 
 def _checked_engine(make_engine):
+    import re
+
+    from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
     try:
         return make_engine()
     except (ArgumentError, NoSuchModuleError) as error:
         url = os.environ.get(settings.DATABASE_URL, "")
+        try:  # the URL is shown, its password never
+            parsed = make_url(url)
+            if "password" in parsed.query:  # libpq takes it as a query parameter too
+                parsed = parsed.update_query_dict({"password": "***"})
+            shown = parsed.render_as_string(hide_password=True)
+        except Exception:  # unparsable: its scheme only
+            scheme = url.split("://", 1)[0] if "://" in url else ""
+            shown = f"{scheme}://…" if re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", scheme) else "…"
+        reason = str(error).replace(url, shown) if url else str(error)
         raise UsageError(
-            f"database URL {url!r} is not usable: {error}; use sqlite:///PATH or "
+            f"database URL {shown!r} is not usable: {reason}; use sqlite:///PATH or "
             "postgresql+psycopg://USER@HOST/DB"
         ) from None
 

@@ -24,7 +24,11 @@ from catalog_pipeline.schedules.retention import (
     invalid_log_retention_schedule,
 )
 from catalog_pipeline.sensors.automation import catalog_automation_sensor
-from catalog_pipeline.sensors.failures import ingest_run_canceled_sensor, ingest_run_failure_sensor
+from catalog_pipeline.sensors.failures import (
+    ingest_reconcile_sensor,
+    ingest_run_canceled_sensor,
+    ingest_run_failure_sensor,
+)
 from catalog_pipeline.sensors.objects import new_csv_objects_sensor
 from catalog_pipeline.sensors.pools import pool_limits_sensor
 
@@ -53,6 +57,7 @@ def build_definitions(resources: dict | None = None) -> dg.Definitions:
             pool_limits_sensor,
             ingest_run_failure_sensor,
             ingest_run_canceled_sensor,
+            ingest_reconcile_sensor,
         ],
         resources={
             **default_resources(),

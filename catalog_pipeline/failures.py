@@ -10,14 +10,21 @@ the run recorded and does nothing.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from datetime import timedelta
 
 from sqlalchemy import Engine
 
-from catalog_pipeline.core.alerts import RunFailureAlert, post_alert, webhook_url_from_environment
+from catalog_pipeline.core.alerts import (
+    ALERT_RETRY_POLICY,
+    RunFailureAlert,
+    post_alert,
+    webhook_url_from_environment,
+)
 from catalog_pipeline.core.bucket import Bucket
 from catalog_pipeline.core.errors import root_cause
-from catalog_pipeline.core.naming import parse_object_key
-from catalog_pipeline.core.retry import retrying
+from catalog_pipeline.core.naming import encode_partition_key, parse_object_key
+from catalog_pipeline.core.retry import RetryPolicy, retrying
 from catalog_pipeline.db import failures as db
 from catalog_pipeline.observability import report_failure
 
@@ -36,14 +43,20 @@ def handle_failed_ingest(
     job_name: str,
     etag: str | None = None,
     run_url: str | None = None,
+    planning_started: bool = True,
+    policy: RetryPolicy | None = None,
 ) -> db.RecordedFailure:
-    """Record the failure of run `run_id` on `object_key` and, the first time, alert."""
-    unplanned = _unplanned(bucket, object_key, etag)
+    """Record the failure of run `run_id` on `object_key` and, the first time, alert.
+
+    A run that failed before it stored a plan (`planning_started` but no file row) records
+    the object's version as `failed`: its run's ETag tag, else the bucket's current one."""
+    unplanned = _unplanned(bucket, object_key, etag) if planning_started else None
     recorded = retrying(
         lambda: db.record_run_failure(
             engine, run_id, run_family, object_key, reason, etag=etag, unplanned=unplanned
         ),
         f"{object_key}: recording the failure of run {run_id}",
+        policy,
     )
     if not recorded.new:
         return recorded
@@ -64,20 +77,60 @@ def handle_failed_ingest(
         failed_chunks=recorded.failed_chunks,
     )
     report_failure(alert)
-    url = webhook_url_from_environment()
-    if url:
-        try:
-            post_alert(url, alert)
-        except Exception as error:  # the failure stays recorded; the alert is logged as lost
-            log.error(
-                "%s: the failure alert of run %s was not delivered: %s",
-                object_key,
-                run_id,
-                root_cause(error),
-            )
-        else:
-            retrying(lambda: db.mark_alerted(engine, run_id), f"run {run_id}: alert sent")
+    deliver_alert(engine, alert, policy)
     return recorded
+
+
+def deliver_alert(
+    engine: Engine, alert: RunFailureAlert, policy: RetryPolicy | None = None
+) -> bool:
+    """POST the alert to the webhook, if one is configured, and note that it went out.
+    A delivery that fails is logged; `resend_pending_alerts` tries it again later."""
+    url = webhook_url_from_environment()
+    if not url:
+        return False
+    # At most the alert's own budget (30 s): a webhook that is down must not hold a sensor.
+    shorter = policy and policy.budget_seconds < ALERT_RETRY_POLICY.budget_seconds
+    try:
+        post_alert(url, alert, policy=policy if shorter else ALERT_RETRY_POLICY)
+    except Exception as error:  # the failure stays recorded; the alert is retried later
+        log.error(
+            "%s: the failure alert of run %s was not delivered: %s",
+            alert.object_key,
+            alert.run_id,
+            root_cause(error),
+        )
+        return False
+    retrying(
+        lambda: db.mark_alerted(engine, alert.run_id), f"run {alert.run_id}: alert sent", policy
+    )
+    return True
+
+
+def resend_pending_alerts(
+    engine: Engine,
+    run_url: Callable[[str], str],
+    within: timedelta = timedelta(days=1),
+    limit: int = 20,
+    policy: RetryPolicy | None = None,
+) -> int:
+    """Deliver the alerts of recorded failures that did not go out (webhook down, process
+    killed between the record and the post), for failures of the last `within`."""
+    if not webhook_url_from_environment():
+        return 0
+    sent = 0
+    for failure in db.pending_alerts(engine, within, limit):
+        alert = RunFailureAlert(
+            object_key=failure.object_key,
+            partition_key=encode_partition_key(failure.object_key),
+            reason=failure.reason,
+            run_id=failure.run_id,
+            run_url=run_url(failure.run_id),
+            job_name="catalog_ingest",
+            failed_chunks=failure.failed_chunks,
+        )
+        sent += deliver_alert(engine, alert, policy)
+    return sent
 
 
 def _unplanned(bucket: Bucket | None, object_key: str, etag: str | None) -> db.UnplannedFile | None:

@@ -36,7 +36,7 @@ from catalog_pipeline.core.memory import (
 )
 from catalog_pipeline.core.naming import parse_object_key
 from catalog_pipeline.core.read_ahead import read_ahead
-from catalog_pipeline.core.retry import RetryPolicy, retrying
+from catalog_pipeline.core.retry import retrying
 from catalog_pipeline.core.validation import HeaderMapping, MissingColumnsError, map_header
 from catalog_pipeline.db import failures as failures_db
 from catalog_pipeline.db import ingest as db
@@ -105,7 +105,7 @@ def plan_object(
     if run_id is None:
         return _plan_object(bucket, engine, key, chunk_bytes, None)
     retrying(
-        lambda: failures_db.acquire_lease(engine, key, run_id, holder_alive, lease_seconds()),
+        lambda: failures_db.acquire_lease(engine, key, run_id, holder_alive),
         f"{key}: ingest lease",
     )
     try:
@@ -117,12 +117,6 @@ def plan_object(
         except Exception as error:
             log.warning("%s: could not release the ingest lease: %s", key, root_cause(error))
         raise
-
-
-def lease_seconds() -> float:
-    """How long an ingest lease outlives its last renewal (each chunk write renews it): the
-    retry budget (a step may wait that long for the database) plus five minutes."""
-    return RetryPolicy.from_environment().budget_seconds + 300
 
 
 def _plan_object(
@@ -173,6 +167,28 @@ def collector_paused() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
+
+
+def adopt_file(
+    engine: Engine,
+    planned: PlannedFile,
+    run_id: str,
+    run_family: Sequence[str],
+    holder_alive: Callable[[str], bool | None] | None = None,
+) -> None:
+    """A run that re-executes an earlier one (re-execution from failure, a run retry)
+    skips planning: it takes the file over here, before its first write, so that the
+    file reads `ingesting` by this run again, a late failure record of the earlier run
+    no longer matches it, and this run holds the object's lease."""
+    key = planned.info.key
+    retrying(
+        lambda: failures_db.acquire_lease(engine, key, run_id, holder_alive),
+        f"{key}: ingest lease",
+    )
+    retrying(
+        lambda: failures_db.adopt_file(engine, planned.source_file_id, run_id, run_family),
+        f"{key}: taking the file over from run {run_family[-1]}",
+    )
 
 
 def ingest_chunk(

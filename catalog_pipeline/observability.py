@@ -48,6 +48,9 @@ def init_sentry() -> bool:
         return False
     try:
         import sentry_sdk
+        from sentry_sdk.integrations.atexit import AtexitIntegration
+        from sentry_sdk.integrations.dedupe import DedupeIntegration
+        from sentry_sdk.integrations.excepthook import ExcepthookIntegration
         from sentry_sdk.integrations.logging import LoggingIntegration
     except ImportError:
         log.warning(
@@ -66,9 +69,19 @@ def init_sentry() -> bool:
                     environment=os.environ.get(ENVIRONMENT_SETTING, "production"),
                     send_default_pii=False,
                     traces_sample_rate=0,
-                    # Log lines stay breadcrumbs: each failure is one event, from
-                    # `report_failure`, not one more per error line Dagster logs about it.
-                    integrations=[LoggingIntegration(event_level=None)],
+                    # Only these integrations: the defaults would record every HTTP
+                    # request's URL as a breadcrumb (a Slack webhook's path is its
+                    # secret), the command line (a database URL's password), and more.
+                    default_integrations=False,
+                    integrations=[
+                        # Log lines stay breadcrumbs: each failure is one event, from
+                        # `report_failure`, not one more per error line Dagster logs.
+                        LoggingIntegration(event_level=None),
+                        ExcepthookIntegration(),  # a crash of the process
+                        DedupeIntegration(),
+                        AtexitIntegration(),  # send what is queued before the exit
+                    ],
+                    before_breadcrumb=_scrub_breadcrumb,
                 )
             except Exception as error:  # a malformed DSN must not stop the pipeline
                 log.error(
@@ -79,6 +92,16 @@ def init_sentry() -> bool:
                 return False
         _sentry_active = True
     return True
+
+
+def _scrub_breadcrumb(crumb: dict, _hint: dict) -> dict | None:
+    """Drop HTTP breadcrumbs, should an integration that records requests ever be on (a
+    URL may be a secret: a Slack webhook's path); redact URL credentials in the others."""
+    if crumb.get("type") == "http" or crumb.get("category") in ("httplib", "httpx"):
+        return None
+    if isinstance(crumb.get("message"), str):
+        crumb["message"] = redact_secrets(crumb["message"])
+    return crumb
 
 
 def report_failure(alert: RunFailureAlert) -> None:

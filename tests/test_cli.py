@@ -6,6 +6,9 @@ import json
 import os
 import subprocess
 import sys
+import time
+
+from sqlalchemy.engine import make_url
 
 from catalog_pipeline.core.bucket import S3Bucket
 from catalog_pipeline.core.samples import sample_csv
@@ -22,14 +25,14 @@ SUMMARY_KEYS = {
 }
 
 
-def cli(*arguments: str, cwd=None, env=None) -> subprocess.CompletedProcess:
+def cli(*arguments: str, cwd=None, env=None, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "catalog_pipeline.cli", *arguments],
         capture_output=True,
         text=True,
         cwd=cwd,
         env={**os.environ, **(env or {})},
-        timeout=300,
+        timeout=timeout,
     )
 
 
@@ -95,3 +98,49 @@ def test_db_upgrade_reports_the_revision(tmp_path):
 
     head = ScriptDirectory(str(MIGRATIONS)).get_current_head()
     assert f"schema at revision {head}" in result.stdout
+
+
+def _unusable(result: subprocess.CompletedProcess) -> str:
+    """The checks every unusable-configuration run passes: exit 2, one JSON line on
+    stdout, a sentence and no traceback on stderr; the JSON line's error."""
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stdout.splitlines()
+    summary = json.loads(line)
+    assert summary["files"] == []
+    assert result.stderr.startswith("catalog-pipeline: ")
+    assert "Traceback" not in result.stderr
+    return summary["error"]
+
+
+def test_an_unusable_database_url_is_named_without_its_password(tmp_path):
+    result = cli(
+        "ingest",
+        "--json",
+        "--database-url",
+        "postgres://u:secretpw@127.0.0.1/db",
+        cwd=tmp_path,
+        env={"DAGSTER_HOME": ""},
+    )
+    error = _unusable(result)
+    assert "database URL 'postgres://u:***@127.0.0.1/db' is not usable" in error
+    assert "secretpw" not in result.stdout and "secretpw" not in result.stderr
+
+
+def test_an_unknown_database_fails_at_once_naming_it(tmp_path, postgres_admin_url):
+    url = make_url(postgres_admin_url).set(database="no_such_db")
+    started = time.monotonic()
+    result = cli(
+        "ingest",
+        "--json",
+        "--database-url",
+        url.render_as_string(hide_password=False),
+        cwd=tmp_path,
+        env={"DAGSTER_HOME": "", "CATALOG_RETRY_BUDGET_S": "300"},
+        timeout=90,  # retried for the budget, it would take 5 minutes
+    )
+    assert time.monotonic() - started < 60
+    error = _unusable(result)
+    assert 'database "no_such_db" does not exist' in error
+    assert 'database "no_such_db" does not exist' in result.stderr
+    assert "retry budget" not in result.stderr
+    assert "database name" in result.stderr  # what to check

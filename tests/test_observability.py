@@ -164,10 +164,12 @@ def test_an_exception_is_one_json_field_not_a_multiline_traceback(json_python_lo
 
 
 class SentryReceiver:
-    """A local stand-in for Sentry's ingest endpoint: records each envelope, decompressed."""
+    """A local stand-in for Sentry's ingest endpoint: records each envelope, decompressed.
+    Other POSTs (a webhook's, say) are answered and their paths kept in `other_posts`."""
 
     def __init__(self) -> None:
         self.envelopes: list[bytes] = []
+        self.other_posts: list[str] = []
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -178,7 +180,10 @@ class SentryReceiver:
                     body = gzip.decompress(body)
                 elif encoding == "deflate":
                     body = zlib.decompress(body)
-                receiver.envelopes.append(body)
+                if self.path.startswith("/api/"):
+                    receiver.envelopes.append(body)
+                else:
+                    receiver.other_posts.append(self.path)
                 self.send_response(200)
                 self.send_header("Content-Length", "2")
                 self.end_headers()
@@ -189,6 +194,7 @@ class SentryReceiver:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.dsn = f"http://public@127.0.0.1:{self.server.server_address[1]}/1"
 
     def __enter__(self) -> SentryReceiver:
@@ -211,8 +217,14 @@ class SentryReceiver:
         return found
 
 
+# The path of a Slack webhook URL is its secret; so is a password on the command line.
+WEBHOOK_SECRET = "T0SECRET/B0SECRET/webhook-secret-path"
+ARGV_SECRET = "argv-secret-password"
+
 REPORT_SCRIPT = f"""
 import logging
+import os
+import urllib.request
 import sentry_sdk
 from catalog_pipeline.core.alerts import RunFailureAlert
 from catalog_pipeline.observability import init_sentry, report_failure
@@ -222,6 +234,11 @@ client = sentry_sdk.get_client()
 assert init_sentry() and sentry_sdk.get_client() is client  # once per process
 # An error log line about the same failure stays a breadcrumb, not a second event.
 logging.getLogger("catalog_pipeline.ingest").error("chunk 3 failed")
+# A webhook alert posted by the same process leaves no trace of its URL in the event.
+request = urllib.request.Request(
+    os.environ["TEST_WEBHOOK_URL"], data=b'{{"text": "failed"}}', method="POST"
+)
+urllib.request.urlopen(request, timeout=10).read()
 report_failure(RunFailureAlert(
     object_key="scraper-a/items.csv",
     partition_key="scraper-a/items.csv",
@@ -239,8 +256,15 @@ def test_a_run_failure_reaches_sentry_as_one_event_grouped_by_object_and_reason(
     with SentryReceiver() as receiver:
         environment = {**os.environ, SENTRY_DSN_SETTING: receiver.dsn}
         environment["CATALOG_ENVIRONMENT"] = "test"
+        environment["TEST_WEBHOOK_URL"] = f"{receiver.url}/services/{WEBHOOK_SECRET}"
         completed = subprocess.run(
-            [sys.executable, "-c", REPORT_SCRIPT],
+            [
+                sys.executable,
+                "-c",
+                REPORT_SCRIPT,
+                "--database-url",
+                f"postgresql://u:{ARGV_SECRET}@db/catalog",
+            ],
             env=environment,
             cwd=REPO,
             capture_output=True,
@@ -249,14 +273,19 @@ def test_a_run_failure_reaches_sentry_as_one_event_grouped_by_object_and_reason(
         )
         assert completed.returncode == 0, completed.stderr
 
+    assert receiver.other_posts == [f"/services/{WEBHOOK_SECRET}"]  # the webhook was called
     body = b"".join(receiver.envelopes)
     assert b"price 'n/a' is not a number" in body
+    assert b"webhook-secret-path" not in body and b"B0SECRET" not in body
+    assert ARGV_SECRET.encode() not in body
     assert RUN_ID.encode() in body
     (event,) = receiver.events()
     assert event["level"] == "error"
     assert event["environment"] == "test"
     assert "price 'n/a' is not a number" in json.dumps(event)
     assert event["tags"]["run_id"] == RUN_ID
+    crumbs = event["breadcrumbs"]["values"]
+    assert [crumb["message"] for crumb in crumbs] == ["chunk 3 failed"]  # the log line only
     assert event["tags"]["partition"] == "scraper-a/items.csv"
     assert event["tags"]["object_key"] == "scraper-a/items.csv"
     assert event["fingerprint"] == [

@@ -4,9 +4,14 @@ change), bounded by `limit`.
 
 Materialized automatically after `catalog_items` (its own run, so a classifier outage never
 fails an ingest), in pool `classifier` (limit 1: two runs never call the model at once).
-Every item the classifier fails on is counted in the failure ledger (`derivation_failures`);
-one that failed `max_failures` times on unchanged content is skipped until it changes or a
-run sets `retry_failed`, so no run pays for it again.
+Every item the classifier answers about invalidly (a category outside the taxonomy, no
+usable answer for it) is counted in the failure ledger (`derivation_failures`); one that
+failed `max_failures` times on unchanged content is skipped until it changes or a run sets
+`retry_failed`, so no run pays for it again. An outage (the endpoint down, failing after
+its retries, refusing the key) fails the run and blames no item: nothing goes to the ledger.
+
+Every database read and write of a run is one short read or one transaction, retried on
+transient errors by the pipeline's retry rule (`core.retry.retrying`).
 """
 
 import time
@@ -26,6 +31,7 @@ from catalog_pipeline.core.classification import (
     classifier_key,
     classify_in_batches,
 )
+from catalog_pipeline.core.retry import retrying
 from catalog_pipeline.db.classifications import (
     ScopeCounts,
     category_distribution,
@@ -40,6 +46,7 @@ from catalog_pipeline.db.derivation_failures import (
     failure_counts,
     max_failures_setting,
 )
+from catalog_pipeline.db.tables import utcnow
 from catalog_pipeline.resources.catalog import CatalogDatabase
 from catalog_pipeline.resources.classifier import ClassifierResource
 
@@ -61,6 +68,10 @@ class ClassificationConfig(dg.Config):
     limit: int | None = None
     max_failures: int | None = None
     retry_failed: bool = False
+
+
+def _items(count: int) -> str:
+    return f"{count:,} item{'s' * (count != 1)}"
 
 
 def failure_limit(config: ClassificationConfig) -> int:
@@ -109,7 +120,10 @@ def ledger_metadata(
 ) -> dict:
     """This run's failures and skipped items, the ledger's totals for the classifier, and
     the first skipped items with their last error."""
-    ledger = failure_counts(engine, key, max_failures)
+    scope = object_key or "the catalog"
+    ledger = retrying(
+        lambda: failure_counts(engine, key, max_failures), f"{scope}: counting ledger failures"
+    )
     metadata = {
         "classification_failures": summary.failed,
         "items_skipped_after_failures": counts.blocked,
@@ -117,7 +131,10 @@ def ledger_metadata(
         "total_items_blocked_after_failures": ledger.blocked,
     }
     if counts.blocked:
-        skipped = skipped_after_failures(engine, key, max_failures, object_key, SKIPPED_SHOWN)
+        skipped = retrying(
+            lambda: skipped_after_failures(engine, key, max_failures, object_key, SKIPPED_SHOWN),
+            f"{scope}: reading skipped items",
+        )
         metadata["skipped_after_failures"] = skipped_table(skipped)
     return metadata
 
@@ -162,7 +179,10 @@ def classify_scope(
     except ClassifierError as error:
         raise dg.Failure(description=str(error), allow_retries=False) from error
     engine = catalog_db.engine()
-    counts = count_items(engine, key, object_key, config.force, leave_out)
+    counts = retrying(
+        lambda: count_items(engine, key, object_key, config.force, leave_out),
+        f"{scope}: counting items to classify",
+    )
     planned = counts.pending if config.limit is None else min(config.limit, counts.pending)
     log.info(
         f"{scope}: {counts.total:,} items, {counts.unchanged:,} unchanged, "
@@ -171,15 +191,29 @@ def classify_scope(
     )
     stored = failed = 0
 
+    # Each retried call is one transaction: an upsert (and the clearing of the items'
+    # failures), or one more failure per item, identified by its time so it counts once.
     def store(batch: Sequence[ItemText], results: list[Classified]) -> None:
         nonlocal stored
         stored += store_classifications(engine, key, batch, results)
 
     def on_failed(batch: Sequence[ItemText], failures: list[Failed]) -> None:
         nonlocal failed
-        failed += record_classification_failures(engine, key, batch, failures)
+        failed_at = utcnow()
+        failed += retrying(
+            lambda: record_classification_failures(engine, key, batch, failures, failed_at),
+            f"{scope}: recording the failures of {_items(len(failures))}",
+        )
 
-    items = iter_items(engine, key, object_key, config.force, config.limit, max_failures=leave_out)
+    items = iter_items(
+        engine,
+        key,
+        object_key,
+        config.force,
+        config.limit,
+        max_failures=leave_out,
+        retry=retrying,
+    )
     try:
         summary = classify_in_batches(classifier, items, store, on_failed)
     except ClassifierError as error:
@@ -201,7 +235,10 @@ def classify_scope(
             f"{scope}: {counts.blocked:,} items skipped: they failed {max_failures}+ times on "
             "their current content (set retry_failed to send them again)"
         )
-    distribution = category_distribution(engine, key, object_key)
+    distribution = retrying(
+        lambda: category_distribution(engine, key, object_key),
+        f"{scope}: reading the category distribution",
+    )
     metadata = {
         "classifier": key,
         "classified": summary.classified,

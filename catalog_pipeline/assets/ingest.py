@@ -102,6 +102,22 @@ def run_is_alive(instance: dg.DagsterInstance, run_id: str) -> bool | None:
     return not run.is_finished
 
 
+def take_over_if_reexecuting(
+    context: dg.OpExecutionContext, planned: ingest.PlannedFile, catalog_db: CatalogDatabase
+) -> None:
+    """In a run that re-executes another (from failure, or a run retry), planning is not
+    run again: the file and the object's lease move to this run (see `adopt_file`)."""
+    run = context.dagster_run
+    if run.parent_run_id and planned.rejected_reason is None:
+        ingest.adopt_file(
+            catalog_db.engine(),
+            planned,
+            run.run_id,
+            run_family(run),
+            holder_alive=lambda run_id: run_is_alive(context.instance, run_id),
+        )
+
+
 def run_family(run: dg.DagsterRun) -> list[str]:
     """The run and the runs it re-executes: together they hold one file's state."""
     return [i for i in dict.fromkeys([run.run_id, run.parent_run_id, run.root_run_id]) if i]
@@ -128,6 +144,7 @@ def process_chunk(
         return ingest.ChunkReport.empty()
     key = task.planned.info.key
     try:
+        take_over_if_reexecuting(context, task.planned, catalog_db)
         report = ingest.ingest_chunk(
             bucket.open(), catalog_db.engine(), task.planned, task.chunk, context.run_id
         )
@@ -172,6 +189,7 @@ def finalize(
     """Sum the stored chunk results, reconcile them with the planner's record count."""
     try:
         engine = catalog_db.engine()
+        take_over_if_reexecuting(context, plan.planned, catalog_db)
         summary = ingest.finalize(
             engine, plan.planned, run_family(context.dagster_run), bucket.open()
         )

@@ -18,7 +18,7 @@ from importlib import resources
 from itertools import islice
 from typing import Protocol
 
-from catalog_pipeline.core.errors import CatalogError, root_cause
+from catalog_pipeline.core.errors import CatalogError
 
 UNCLASSIFIED = "unclassified"
 MAX_KEY_LENGTH = 100  # item_classifications.classifier is String(100)
@@ -339,9 +339,11 @@ def classify_in_batches(
     results before asking for the next, so a failure later on never loses (or re-pays for)
     earlier batches.
 
-    `on_failed` hears of every item without a result: the per-item failures of each batch,
-    and, before the `ClassifierError` that ends the run is re-raised, every item of the
-    batch that raised it (its reason is the error's root cause).
+    `on_failed` hears of the per-item failures of each batch (`Failed`: the classifier
+    answered, but not validly for those items), and only of those. A batch that raises
+    (`ClassifierError`: the endpoint is down, keeps failing after its retries, refuses the
+    key) says nothing about its items: the error ends the run and no item is blamed for it,
+    so an outage never fills the failure ledger.
     """
     attempted = classified = failed = 0
     failures: list[tuple[str, str]] = []
@@ -350,13 +352,7 @@ def classify_in_batches(
     while batch := list(islice(iterator, size)):
         attempted += len(batch)
         skus = {item.item_id: item.sku for item in batch}
-        try:
-            outcomes = classifier.classify(batch)
-        except ClassifierError as error:
-            if on_failed is not None:
-                reason = root_cause(error)
-                on_failed(batch, [Failed(item.item_id, reason) for item in batch])
-            raise
+        outcomes = classifier.classify(batch)  # an outage raises: nothing recorded, run over
         good, bad = [], []
         for outcome in outcomes:
             if isinstance(outcome, Classified):

@@ -4,16 +4,44 @@ Each type names what failed and where, so a message stands on its own. `is_trans
 sorts any exception, ours or a library's, into the two kinds the pipeline treats
 differently: transient (the database restarting, the bucket throttling, a dropped
 connection: retry with backoff, see `core.retry`) and permanent (bad input, a changed
-object, a constraint, a 4xx: fail now, with the reason). `root_cause` gives the
+object, a constraint, a 4xx, a database URL with a wrong password, database, role or
+host: fail now, with the reason). `root_cause` gives the
 message a user should read: the innermost error, not a framework's wrapper.
 """
 
 from __future__ import annotations
 
+import re
+
 # SQLSTATEs worth retrying: the connection classes (08…), serialization failure and
 # deadlock (40001, 40P01), too many connections (53300), the server shutting down or
-# starting (57P01-57P03), lock timeout (55P03).
-TRANSIENT_SQLSTATES = frozenset({"40001", "40P01", "53300", "55P03", "57P01", "57P02", "57P03"})
+# starting (57P01-57P03), lock timeout (55P03), and a write reaching a read-only server
+# (25006: during a failover, until the connection finds the new primary).
+TRANSIENT_SQLSTATES = frozenset(
+    {"25006", "40001", "40P01", "53300", "55P03", "57P01", "57P02", "57P03"}
+)
+# A PostgreSQL connection attempt that fails without a SQLSTATE is retried (refused,
+# reset, closed, timed out: the server restarting or the network) unless its message
+# says the configuration is wrong: a retry cannot fix a password, a database or role
+# that does not exist, an access rule, or a host name that does not resolve. Matched
+# case-insensitively; a resolver that is only temporarily failing stays transient.
+POSTGRES_CONFIGURATION_MESSAGES = re.compile(
+    "|".join(
+        (
+            r"authentication failed",  # password, ident, peer, …
+            r"no password supplied",
+            r"no pg_hba\.conf entry",
+            r'(database|role|user) "[^"]*" does not exist',
+            r"permission denied for database",
+            r"could not translate host name",  # libpq
+            r"name or service not known",  # glibc's getaddrinfo (EAI_NONAME)
+            r"nodename nor servname",  # BSD and macOS getaddrinfo
+            r"no address associated with hostname",  # EAI_NODATA
+        )
+    ),
+    re.IGNORECASE,
+)
+TEMPORARY_RESOLVER_FAILURE = re.compile(r"temporary failure in name resolution", re.IGNORECASE)
 # HTTP answers worth retrying: request timeout, too many requests, and server errors.
 TRANSIENT_HTTP_STATUSES = frozenset({408, 429})
 # S3 and R2 error codes that mean "slow down" or "try again", whatever the HTTP status.
@@ -188,9 +216,34 @@ def _postgres_verdict(error: BaseException) -> bool:
     state = getattr(error, "sqlstate", None)
     if state is None:
         # No SQLSTATE: the driver's own connection errors (refused, reset, closed by the
-        # server) are OperationalErrors; anything else is a bug of ours, not the server.
-        return type(error).__name__ in ("OperationalError", "InterfaceError")
+        # server, timed out: `ConnectionTimeout` is one) are OperationalErrors, and
+        # transient unless they say the configuration is wrong; anything else is a bug
+        # of ours, not the server.
+        names = {kind.__name__ for kind in type(error).__mro__}
+        if not names & {"OperationalError", "InterfaceError"}:
+            return False
+        return True
     return state.startswith("08") or state in TRANSIENT_SQLSTATES
+
+
+def is_configuration_error(error: BaseException) -> bool:
+    """Whether `error` (or what it wraps) is a database connection refused for its
+    configuration: credentials, a database or role that does not exist, an access rule,
+    a host name that does not resolve. Permanent: the database URL needs fixing."""
+    return any(
+        type(cause).__module__.startswith("psycopg") and _postgres_configuration_problem(cause)
+        for cause in causes(error)
+    )
+
+
+def _postgres_configuration_problem(error: BaseException) -> bool:
+    state = getattr(error, "sqlstate", None)
+    if state is not None:  # invalid authorization (28…), unknown database (3D000)
+        return state.startswith("28") or state == "3D000"
+    message = str(error)
+    if TEMPORARY_RESOLVER_FAILURE.search(message):
+        return False
+    return POSTGRES_CONFIGURATION_MESSAGES.search(message) is not None
 
 
 def _s3_verdict(response: dict) -> bool:

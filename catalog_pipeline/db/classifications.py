@@ -9,12 +9,16 @@ classify (`max_failures=None`: nothing is left out), and a stored result clears 
 
 A partition's items are the items with provenance (`catalog_item_sources`) in any version of
 the partition's object (`source_files.object_key`).
+
+Each function is one short read or one transaction, so a caller may retry it whole on a
+transient error (`core.retry.retrying`); `iter_items` takes the retry rule for its pages.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import Engine, and_, case, func, literal, or_, select, true
 
@@ -37,6 +41,13 @@ from catalog_pipeline.db.tables import (
 
 _items = catalog_items.c
 _results = item_classifications.c
+
+# How a page read is attempted: `core.retry.retrying`'s shape, (call, what) -> its result.
+PageRead = Callable[[Callable[[], list], str], list]
+
+
+def _once(call: Callable[[], list], what: str) -> list:
+    return call()
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,13 +133,16 @@ def iter_items(
     limit: int | None = None,
     page_size: int = 1000,
     max_failures: int | None = None,
+    retry: PageRead = _once,
 ) -> Iterator[ItemText]:
     """The scope's items to classify with `classifier`, never classified with it or changed
     since (every item when forced), in item id order, at most `limit`; without the items
     that failed `max_failures` times on their current content (unless it is None).
 
     Read in pages by id (one short read per page), so a million-item scope never sits in
-    memory and results stored between pages do not disturb the iteration.
+    memory and results stored between pages do not disturb the iteration. Each page read
+    goes through `retry(read, what)` (e.g. `core.retry.retrying`): it starts from the last
+    id yielded, so retrying it repeats nothing.
     """
     columns = (
         _items.id,
@@ -153,14 +167,21 @@ def iter_items(
         query = base.order_by(_items.id).limit(size)
         if after is not None:
             query = query.where(_items.id > after)
-        with engine.connect() as connection:
-            rows = connection.execute(query).all()
+        rows = retry(
+            lambda query=query: _read(engine, query),
+            f"{object_key or 'the catalog'}: reading items to classify after id {after or 0}",
+        )
         yield from (ItemText(*row) for row in rows)
         if len(rows) < size:
             return
         after = rows[-1][0]
         if remaining is not None:
             remaining -= len(rows)
+
+
+def _read(engine: Engine, query) -> list:
+    with engine.connect() as connection:
+        return connection.execute(query).all()
 
 
 def store_classifications(
@@ -201,13 +222,18 @@ def store_classifications(
 
 
 def record_classification_failures(
-    engine: Engine, classifier: str, items: Sequence[ItemText], failed: Sequence[Failed]
+    engine: Engine,
+    classifier: str,
+    items: Sequence[ItemText],
+    failed: Sequence[Failed],
+    failed_at: datetime | None = None,
 ) -> int:
     """One more failure in the ledger for each failed item, against the content hash the
-    classifier saw. Returns the number of items recorded."""
+    classifier saw, in one transaction. Returns the number of items recorded. Give the same
+    `failed_at` to every retry of a call: it is then counted once (see `record_failures`)."""
     hashes = {item.item_id: item.content_hash for item in items}
     return record_failures(
-        engine, classifier, [(f.item_id, hashes[f.item_id], f.reason) for f in failed]
+        engine, classifier, [(f.item_id, hashes[f.item_id], f.reason) for f in failed], failed_at
     )
 
 

@@ -107,12 +107,17 @@ def record_failures(
     connectable: Connection | Engine,
     deriver: str,
     failures: Sequence[tuple[int, str, str]],
+    failed_at: datetime | None = None,
 ) -> int:
     """Count one more failure for each `(item_id, input_hash, error)`: the row's attempts
     go up by one on the same input, restart at 1 on a different one (its content changed);
     the error (trimmed to 2,000 characters) and the time are the latest. An item listed
-    twice counts once, with its last error. Returns the number of items recorded."""
-    now = utcnow()
+    twice counts once, with its last error. Returns the number of items recorded.
+
+    `failed_at` (default: now) identifies this failure: a row already recorded at that very
+    time on the same input is not counted again, so a retry of the call after a commit whose
+    acknowledgement was lost changes nothing (fix the time before retrying)."""
+    now = failed_at or utcnow()
     rows = {
         item_id: {
             "item_id": item_id,
@@ -131,10 +136,13 @@ def record_failures(
         statement = dialect_insert(connection)(derivation_failures)
         new = statement.excluded
         same_input = _ledger.input_hash == new.input_hash
+        replayed = and_(same_input, _ledger.last_failed_at == new.last_failed_at)
         statement = statement.on_conflict_do_update(
             index_elements=[_ledger.item_id, _ledger.deriver],
             set_={
-                "attempts": case((same_input, _ledger.attempts + 1), else_=1),
+                "attempts": case(
+                    (replayed, _ledger.attempts), (same_input, _ledger.attempts + 1), else_=1
+                ),
                 "first_failed_at": case(
                     (same_input, _ledger.first_failed_at), else_=new.first_failed_at
                 ),

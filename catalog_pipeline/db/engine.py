@@ -15,6 +15,20 @@ from sqlalchemy.engine import make_url
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 DEFAULT_SQLITE_FILE = "catalog.sqlite"
+# libpq connection settings for PostgreSQL (psycopg): a connection attempt that hangs
+# gives up after 10 s, and TCP keepalives find a dead peer of an idle or waiting
+# connection within about a minute (30 s idle, then 3 probes 10 s apart), instead of the
+# operating system's hours. Both then fail as connection errors, transient, which the
+# retry budget (`core.retry`) covers. A value the URL's query gives wins.
+POSTGRES_CONNECT_ARGS = {
+    "connect_timeout": 10,
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+}
+# The PostgreSQL drivers on libpq's parameters (others name their options differently).
+_LIBPQ_DRIVERS = ("psycopg", "psycopg2")
 
 
 def dialect_insert(connection: Connection):
@@ -39,8 +53,14 @@ def make_engine(url: str | None = None) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     if parsed.drivername == "postgresql":
-        url = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
-    return create_engine(url, pool_pre_ping=True)
+        parsed = parsed.set(drivername="postgresql+psycopg")
+        url = parsed.render_as_string(hide_password=False)
+    connect_args = {}
+    if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() in _LIBPQ_DRIVERS:
+        connect_args = {
+            name: value for name, value in POSTGRES_CONNECT_ARGS.items() if name not in parsed.query
+        }
+    return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:

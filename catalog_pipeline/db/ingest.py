@@ -162,6 +162,7 @@ def record_plan(
                 "status": "ingesting",
                 "rejected_reason": None,
                 "error": None,
+                "failed_chunks": None,
                 "header": json.dumps(list(plan.header)),
                 "data_start": plan.data_start,
                 "chunk_bytes": chunk_bytes,
@@ -526,6 +527,7 @@ def finalize_file(engine: Engine, source_file_id: int) -> FileSummary:
                 rows_total=rows,
                 rows_valid=valid,
                 rows_invalid=invalid,
+                **({"error": None, "failed_chunks": None} if status == "completed" else {}),
                 updated_at=utcnow(),
             )
         )

@@ -253,6 +253,8 @@ ingest_run_failures = Table(
 
 # One ingest of an object key at a time, whatever launched it (migration 0005): the run
 # holding the lease, until it ends or the lease expires (a run killed without a trace).
+# The process and host that took it tell a dead in-process run (`catalog-pipeline`) apart
+# from a live one when Dagster does not know the run.
 ingest_leases = Table(
     "ingest_leases",
     metadata,
@@ -260,6 +262,8 @@ ingest_leases = Table(
     Column("run_id", String(64), nullable=False),
     Column("acquired_at", UtcDateTime, nullable=False),
     Column("expires_at", UtcDateTime, nullable=False),
+    Column("holder_host", Text),
+    Column("holder_pid", Integer),
 )
 
 # Items a deriver (classifier, embedder) failed on (migration 0005): after `attempts`

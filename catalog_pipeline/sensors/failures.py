@@ -7,13 +7,17 @@ Materialize and backfills (`__ASSET_JOB`), `catalog_ingest_job`, the sensor's ru
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
 from catalog_pipeline import failures
 from catalog_pipeline.assets.ingest import CATALOG_ITEMS, run_family
-from catalog_pipeline.assets.partitions import object_key_for
+from catalog_pipeline.assets.partitions import object_key_for, partition_key_for
+from catalog_pipeline.core.retry import RetryPolicy, retrying
+from catalog_pipeline.db import failures as db
 from catalog_pipeline.db.failures import RecordedFailure
+from catalog_pipeline.discovery import sensor_retry_policy
 from catalog_pipeline.jobs import INGEST_JOB
 from catalog_pipeline.resources.catalog import BucketResource, CatalogDatabase
 
@@ -103,10 +107,18 @@ def record_failed_run(
     fallback_reason: str,
     catalog_db: CatalogDatabase,
     bucket: BucketResource,
+    policy: RetryPolicy | None = None,
 ) -> RecordedFailure | None:
-    """Mark the run's file `failed` and alert (once per run); None for other runs."""
+    """Mark the run's file `failed` and alert (once per run); None for other runs and for
+    runs that never started a step (cancelled in the queue: they touched nothing)."""
     partition = ingest_partition(run)
     if partition is None:
+        return None
+    started = [
+        entry.step_key or ""
+        for entry in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_START)
+    ]
+    if not started:
         return None
     return failures.handle_failed_ingest(
         catalog_db.engine(),
@@ -119,6 +131,8 @@ def record_failed_run(
         job_name=run.job_name,
         etag=run.tags.get(ETAG_TAG),
         run_url=run_url(run.run_id),
+        planning_started=any(key.endswith("plan_chunks") for key in started),
+        policy=policy,
     )
 
 
@@ -143,7 +157,10 @@ def ingest_run_failure_sensor(
 ) -> None:
     run = context.dagster_run
     reason = context.failure_event.message or ""
-    _log(context, run, record_failed_run(context.instance, run, reason, catalog_db, bucket))
+    recorded = record_failed_run(
+        context.instance, run, reason, catalog_db, bucket, sensor_retry_policy()
+    )
+    _log(context, run, recorded)
 
 
 @dg.run_status_sensor(
@@ -159,4 +176,56 @@ def ingest_run_canceled_sensor(
 ) -> None:
     run = context.dagster_run
     reason = f"run {run.run_id} was cancelled before the file was complete"
-    _log(context, run, record_failed_run(context.instance, run, reason, catalog_db, bucket))
+    recorded = record_failed_run(
+        context.instance, run, reason, catalog_db, bucket, sensor_retry_policy()
+    )
+    _log(context, run, recorded)
+
+
+RECONCILE_AFTER = timedelta(minutes=2)
+RECONCILE_BATCH = 50
+
+
+@dg.sensor(
+    name="ingest_reconcile_sensor",
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=60,
+    description="The backstop of the run-failure sensors: files left `planned`/`ingesting` "
+    "by a run that has ended (a failure the sensors could not record, say while the "
+    "database was down) or that nobody holds any more (an in-process run killed with its "
+    "process) are marked `failed`; alerts that could not be delivered are sent again.",
+)
+def ingest_reconcile_sensor(
+    context: dg.SensorEvaluationContext, catalog_db: CatalogDatabase, bucket: BucketResource
+) -> dg.SkipReason:
+    policy = sensor_retry_policy()
+    engine = catalog_db.engine()
+    now = datetime.now(UTC)
+    marked = 0
+    for file in retrying(
+        lambda: db.open_files(engine, RECONCILE_AFTER, RECONCILE_BATCH), "open files", policy
+    ):
+        run = context.instance.get_run_by_id(file.run_id) if file.run_id else None
+        if run is not None and run.is_finished and run.status != dg.DagsterRunStatus.SUCCESS:
+            recorded = record_failed_run(context.instance, run, "", catalog_db, bucket, policy)
+        elif (run is None or not run.is_finished) and file.lease_lost(now):
+            recorded = failures.handle_failed_ingest(
+                engine,
+                None,
+                run_id=file.run_id or f"unknown-{file.source_file_id}",
+                run_family=[],
+                object_key=file.object_key,
+                partition_key=partition_key_for(file.object_key),
+                reason=f"the run {file.run_id} that was ingesting this file ended without a "
+                "record (its process was killed, or it lost the object's lease)",
+                job_name=run.job_name if run else "catalog-pipeline",
+                etag=file.etag,
+                run_url=run_url(file.run_id) if run else None,
+                planning_started=False,
+                policy=policy,
+            )
+        else:
+            continue
+        marked += bool(recorded and recorded.file_marked)
+    resent = failures.resend_pending_alerts(engine, run_url, policy=policy)
+    return dg.SkipReason(f"{marked} file(s) marked failed, {resent} alert(s) sent again")

@@ -1,22 +1,26 @@
 """The failure ledger of `item_classifications` (`derivation_failures`), through real Dagster
 runs on SQLite and Postgres against the local chat-completions server: an item that fails
 `max_failures` times is skipped until its content changes or a run sets `retry_failed`, a
-success clears it, a failed batch counts for each of its items, and the counts in the
-metadata. Also the ledger helpers on their own."""
+success clears it, an outage (a whole batch failing) blames no item, transient database
+errors are retried with each write counted once, and the counts in the metadata. Also the
+ledger helpers on their own."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
+import logging
+import sqlite3
 
 import dagster as dg
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, event, select
 
 from catalog_pipeline.assets.classifications import item_classifications, reclassify_catalog_job
 from catalog_pipeline.assets.partitions import partition_key_for, source_csvs
 from catalog_pipeline.core.classification import KeywordClassifier
+from catalog_pipeline.core.retry import RetryPolicy, retrying
 from catalog_pipeline.db.derivation_failures import (
     MAX_ERROR_CHARS,
     MAX_FAILURES_VARIABLE,
@@ -26,7 +30,7 @@ from catalog_pipeline.db.derivation_failures import (
     max_failures_setting,
     record_failures,
 )
-from catalog_pipeline.db.tables import catalog_items, derivation_failures
+from catalog_pipeline.db.tables import catalog_items, derivation_failures, utcnow
 from catalog_pipeline.ingest import ingest_object
 from catalog_pipeline.resources.catalog import CatalogDatabase
 from catalog_pipeline.resources.classifier import ClassifierResource
@@ -240,25 +244,159 @@ def test_changed_content_restarts_the_count_and_the_limit_is_configurable(engine
     assert ledger(engine) == {}
 
 
-def test_a_failed_batch_counts_for_each_of_its_items_and_the_run_still_fails(engine, local_bucket):
+def step_failure(result: dg.ExecuteInProcessResult):
+    assert not result.success
+    event = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    return event.step_failure_data
+
+
+def test_an_outage_blocks_no_item_and_records_nothing_and_every_item_is_classified_after_it(
+    engine, local_bucket
+):
+    """The endpoint fails a whole batch (HTTP 500 after the client's retries) in six runs in
+    a row, more than `max_failures` (5), then refuses the key once: no item is to blame, so
+    the ledger stays empty, every run asks about the first batch again, and once the
+    endpoint answers every item is classified."""
+    first_batch = list(SKUS.values())[:3]
     with dg.instance_for_test() as instance, ChatServer() as server:
         ingest(local_bucket, engine, instance, KEY, csv_bytes())
         resource = openai(server)
-        server.script = [(500, b'{"error": "internal"}', {})] * 2  # both tries of batch 1
-        failed = classify(engine, instance, KEY, resource)
-        recorded = ledger(engine)
+        outages = []
+        for _ in range(6):
+            before = len(server.requests)
+            server.script = [(500, b'{"error": "internal"}', {})] * 2  # both tries of batch 1
+            outages.append(classify(engine, instance, KEY, resource))
+            assert asked(server, before) == first_batch * 2  # nothing skipped, nothing blamed
+            assert ledger(engine) == {}
+        before = len(server.requests)
+        server.script = [(401, b'{"error": "invalid api key"}', {})]
+        refused = classify(engine, instance, KEY, resource)
+        assert asked(server, before) == first_batch and ledger(engine) == {}
+        before = len(server.requests)
         healed = metadata(classify(engine, instance, KEY, resource))
-    assert not failed.success
-    failure = next(e for e in failed.all_events if e.event_type_value == "STEP_FAILURE")
-    assert "failed 2 times; last: HTTP 500" in failure.step_failure_data.error.message
-    failure_metadata = failure.step_failure_data.user_failure_data.metadata
-    assert failure_metadata["classification_failures"].value == 3
-    assert sorted(recorded) == ["P-000", "P-001", HOSE]  # the batch of 3 that failed
-    for _, count, last_error, same_input, *_ in recorded.values():
-        assert (count, same_input) == (1, True)
-        assert "failed 2 times; last: HTTP 500" in last_error
-    assert (healed["classified"], healed["total_classification_failures"]) == (6, 0)
+        assert asked(server, before) == list(SKUS.values())
+    for outage in outages:
+        failure = step_failure(outage)
+        assert (
+            f"{KEY}: classifier openai@test-model/p1/2026.1 failed after storing 0 of 6 items "
+            "(stored results are kept; the next run continues with the rest): "
+        ) in failure.error.message
+        assert "failed 2 times; last: HTTP 500" in failure.error.message
+        values = {name: value.value for name, value in failure.user_failure_data.metadata.items()}
+        assert values == {
+            "classifier": "openai@test-model/p1/2026.1",
+            "classified": 0,
+            "classification_failures": 0,
+            "object_key": KEY,
+        }
+    assert "HTTP 401 (not retried)" in step_failure(refused).error.message
+    assert (healed["classified"], healed["failed"], healed["skipped"]) == (6, 0, 0)
+    assert (healed["items_skipped_after_failures"], healed["total_classification_failures"]) == (
+        0,
+        0,
+    )
+    assert healed["dagster/row_count"] == len(PRODUCTS)
     assert ledger(engine) == {}
+
+
+class FlakyDatabase:
+    """Fails each distinct statement the catalog database is sent about items, results or
+    the ledger once, the first time it is seen, with the transient error of the dialect's
+    driver (SQLite: "database is locked"; PostgreSQL: a serialization failure, 40001),
+    then lets it through. A statement failing inside a transaction rolls all of it back."""
+
+    TABLES = ("catalog_items", "item_classifications", "derivation_failures")
+
+    def __init__(self, engine: Engine) -> None:
+        self.url = engine.url.render_as_string(hide_password=False)
+        self.dialect = engine.dialect.name
+        self.seen: set[str] = set()
+        self.failed: list[str] = []
+
+    def __enter__(self) -> FlakyDatabase:
+        event.listen(Engine, "before_cursor_execute", self.before_execute)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        event.remove(Engine, "before_cursor_execute", self.before_execute)
+
+    def before_execute(self, connection, cursor, statement, *args) -> None:
+        if connection.engine.url.render_as_string(hide_password=False) != self.url:
+            return  # Dagster's own storage, another test's database
+        if statement in self.seen or not any(table in statement for table in self.TABLES):
+            return
+        self.seen.add(statement)
+        self.failed.append(" ".join(statement.split())[:60])
+        if self.dialect == "sqlite":
+            raise sqlite3.OperationalError("database is locked")
+        from psycopg.errors import SerializationFailure
+
+        raise SerializationFailure("could not serialize access due to concurrent update")
+
+
+def test_transient_database_errors_are_retried_and_each_write_counts_once(
+    engine, local_bucket, monkeypatch, caplog
+):
+    monkeypatch.setattr(RetryPolicy, "delay", lambda self, attempt: 0.01)
+    caplog.set_level(logging.WARNING, logger="catalog_pipeline.retry")
+    with dg.instance_for_test() as instance, ChatServer(fails_on_hoses) as server:
+        ingest(local_bucket, engine, instance, KEY, csv_bytes())
+        resource = openai(server)
+        with FlakyDatabase(engine) as flaky:
+            first = classify(engine, instance, KEY, resource)
+        first_failed = list(flaky.failed)
+        after_first = attempts(engine)
+        with FlakyDatabase(engine) as flaky:
+            second = classify(engine, instance, KEY, resource, max_failures=1)
+        second_failed = list(flaky.failed)
+    one, two = metadata(first), metadata(second)
+    # Each of the run's statements failed once (the results' upsert and the clearing of
+    # their failures: one transaction, failed at either statement) and was retried.
+    assert len(first_failed) >= 6 and len(second_failed) >= 3
+    assert any(s.upper().startswith("INSERT INTO ITEM_CLASSIFICATIONS") for s in first_failed)
+    assert any(s.upper().startswith("DELETE FROM DERIVATION_FAILURES") for s in first_failed)
+    assert any(s.upper().startswith("INSERT INTO DERIVATION_FAILURES") for s in first_failed)
+    retried = {record.getMessage().split(": transient failure")[0] for record in caplog.records}
+    assert {
+        f"{KEY}: counting items to classify",
+        f"{KEY}: reading items to classify after id 0",
+        f"{KEY}: storing the results of 2 items",
+        f"{KEY}: recording the failures of 1 item",
+        f"{KEY}: reading the category distribution",
+        f"{KEY}: counting ledger failures",
+        f"{KEY}: reading skipped items",
+    } <= retried
+    # The outcome is that of a run without faults; the hose's failure is counted once.
+    assert (one["classified"], one["failed"], one["classification_failures"]) == (5, 1, 1)
+    assert (one["total_classification_failures"], one["dagster/row_count"]) == (1, 5)
+    assert after_first == {HOSE: 1}
+    assert (two["classified"], two["skipped"], two["items_skipped_after_failures"]) == (0, 5, 1)
+    assert [r.data["sku"] for r in two["skipped_after_failures"].records] == [HOSE]
+    assert attempts(engine) == {HOSE: 1}
+    assert len(server.items_asked()) == len(PRODUCTS)  # no batch was sent twice
+
+
+def test_a_retried_failure_record_whose_commit_was_lost_counts_once(engine, local_bucket):
+    with dg.instance_for_test() as instance:
+        ingest(local_bucket, engine, instance, KEY, csv_bytes())
+    tent, tent_hash = item_hashes(engine)["P-000"]
+    deriver = "openai@test-model/p1/2026.1"
+    record_failures(engine, deriver, [(tent, tent_hash, "first")])
+    failed_at, calls = utcnow(), []
+
+    def commit_then_lose_the_answer() -> int:
+        recorded = record_failures(engine, deriver, [(tent, tent_hash, "second")], failed_at)
+        calls.append(recorded)
+        if len(calls) == 1:
+            raise ConnectionResetError("connection reset before the commit was acknowledged")
+        return recorded
+
+    assert retrying(commit_then_lose_the_answer, "ledger", RetryPolicy(first_delay=0.01)) == 1
+    assert calls == [1, 1]
+    assert ledger_rows(engine)[(tent, deriver)] == (2, "second")  # not 3
+    # Another failure (another time) counts again.
+    record_failures(engine, deriver, [(tent, tent_hash, "third")])
+    assert ledger_rows(engine)[(tent, deriver)] == (3, "third")
 
 
 def test_the_limit_comes_from_the_environment_and_a_bad_value_fails_clearly(

@@ -224,11 +224,17 @@ def test_classify_in_batches_stores_each_batch_before_the_next_and_keeps_them_on
             ]
 
     items = [item(index, f"tent {index}") for index in range(6)]
+    reported: list[list[int]] = []
     with pytest.raises(ClassifierUnavailable):
         classify_in_batches(
-            Flaky(), items, lambda batch, good: stored.append([g.item_id for g in good])
+            Flaky(),
+            items,
+            lambda batch, good: stored.append([g.item_id for g in good]),
+            lambda batch, bad: reported.append([b.item_id for b in bad]),
         )
     assert stored == [[0], [2]]  # the first two batches were stored before the failure
+    # Only the per-item failures are reported: the outage says nothing about items 4 and 5.
+    assert reported == [[1], [3]]
     summary = classify_in_batches(Flaky(), iter(items[:4]), lambda batch, good: None)
     assert (summary.attempted, summary.classified, summary.failed) == (4, 2, 2)
     assert summary.failures == (("SKU-1", "no answer"), ("SKU-3", "no answer"))

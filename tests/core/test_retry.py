@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import socket
+import time
 import urllib.error
 
+import psycopg
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
 from catalog_pipeline.core.bucket import ObjectMissingError
 from catalog_pipeline.core.errors import (
@@ -15,6 +18,7 @@ from catalog_pipeline.core.errors import (
     HeaderError,
     ObjectChangedError,
     RetriesExhaustedError,
+    is_configuration_error,
     is_transient,
     root_cause,
 )
@@ -55,6 +59,98 @@ def test_a_refused_database_connection_is_transient_and_its_cause_is_named():
         assert root_cause(wrapped).startswith("k.csv: chunk 3 at byte 100: OperationalError")
 
 
+def _connect_error(url: str) -> BaseException:
+    engine = make_engine(url)
+    try:
+        return _raised(engine.connect)
+    finally:
+        engine.dispose()
+
+
+def test_an_unknown_database_is_permanent_a_configuration_error(postgres_admin_url):
+    url = make_url(postgres_admin_url).set(database="no_such_db_xyz")
+    error = _connect_error(url.render_as_string(hide_password=False))
+    assert 'database "no_such_db_xyz" does not exist' in root_cause(error)  # the server's FATAL
+    assert not is_transient(error)
+    assert is_configuration_error(error)
+
+
+def test_an_unknown_role_is_permanent_a_configuration_error(postgres_admin_url):
+    url = make_url(postgres_admin_url).set(username="no_such_role")
+    error = _connect_error(url.render_as_string(hide_password=False))
+    assert 'role "no_such_role" does not exist' in root_cause(error)
+    assert not is_transient(error)
+    assert is_configuration_error(error)
+
+
+def test_a_host_name_that_does_not_resolve_is_permanent():
+    error = _connect_error("postgresql+psycopg://postgres@nonexistent.invalid:5432/postgres")
+    message = root_cause(error)
+    assert "nonexistent.invalid" in message
+    if "temporary failure in name resolution" in message.lower():
+        # This machine's resolver itself is failing (no DNS here): that may pass.
+        assert is_transient(error) and not is_configuration_error(error)
+    else:
+        assert not is_transient(error)
+        assert is_configuration_error(error)
+
+
+@pytest.mark.parametrize(
+    ("message", "transient"),
+    [
+        # libpq's and other platforms' words, which this machine's server and resolver
+        # do not produce (the test server trusts every local user).
+        ('FATAL:  password authentication failed for user "app"', False),
+        ('FATAL:  no pg_hba.conf entry for host "10.0.0.7", user "app", database "db"', False),
+        (
+            'could not translate host name "db.internal" to address: Name or service not known',
+            False,
+        ),
+        ("failed to resolve host 'db': [Errno 8] nodename nor servname provided", False),
+        ("fe_sendauth: no password supplied", False),
+        (
+            'Could not translate host name "db" to address: Temporary failure in name resolution',
+            True,
+        ),
+        ("server closed the connection unexpectedly", True),
+        ("consuming input failed: Connection reset by peer", True),
+        ("connection timeout expired", True),
+        ("FATAL:  the database system is starting up", True),
+    ],
+)
+def test_connection_errors_without_sqlstate_are_sorted_by_their_words(message, transient):
+    error = psycopg.OperationalError(message)
+    assert error.sqlstate is None
+    assert is_transient(error) is transient
+    assert is_configuration_error(error) is not transient
+
+
+def test_a_connection_attempt_that_hangs_is_bounded_and_transient():
+    with socket.socket() as silent:  # accepts connections, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        started = time.monotonic()
+        error = _connect_error(
+            f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres?connect_timeout=2"
+        )
+        assert time.monotonic() - started < 8
+    assert is_transient(error)
+    assert "timeout" in root_cause(error).lower()
+
+
+def test_postgres_connections_have_a_connect_timeout_and_tcp_keepalives(postgres_admin_url):
+    engine = make_engine(postgres_admin_url)
+    with engine.connect() as connection:
+        parameters = connection.connection.dbapi_connection.info.get_parameters()
+    engine.dispose()
+    assert parameters["connect_timeout"] == "10"
+    assert parameters["keepalives"] == "1"
+    assert parameters["keepalives_idle"] == "30"
+    assert parameters["keepalives_interval"] == "10"
+    assert parameters["keepalives_count"] == "3"
+
+
 def test_a_constraint_violation_is_permanent(postgres_engine):
     with postgres_engine.begin() as connection:
         connection.execute(text("CREATE TEMP TABLE t (x int PRIMARY KEY)"))
@@ -71,6 +167,15 @@ def test_a_deadlock_sqlstate_is_transient(postgres_engine):
                 text("DO $$ BEGIN RAISE EXCEPTION 'simulated' USING ERRCODE = '40P01'; END $$")
             )
         )
+    assert is_transient(error)
+
+
+def test_a_write_to_a_read_only_server_is_transient(postgres_engine):
+    # What a write meets on a standby during a failover: SQLSTATE 25006.
+    with postgres_engine.begin() as connection:
+        connection.execute(text("SET TRANSACTION READ ONLY"))
+        error = _raised(lambda: connection.execute(text("CREATE TEMP TABLE t (x int)")))
+    assert getattr(error.orig, "sqlstate", None) == "25006"
     assert is_transient(error)
 
 

@@ -36,6 +36,8 @@ def upgrade() -> None:
         sa.Column("run_id", sa.String(64), nullable=False),
         sa.Column("acquired_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("holder_host", sa.Text(), nullable=True),
+        sa.Column("holder_pid", sa.Integer(), nullable=True),
         sa.PrimaryKeyConstraint("object_key", name="pk_ingest_leases"),
     )
     op.create_table(
