@@ -23,9 +23,11 @@ from catalog_pipeline.core.alerts import (
 )
 from catalog_pipeline.core.bucket import Bucket
 from catalog_pipeline.core.errors import root_cause
-from catalog_pipeline.core.naming import encode_partition_key, parse_object_key
+from catalog_pipeline.core.naming import encode_partition_key
 from catalog_pipeline.core.retry import RetryPolicy, retrying
 from catalog_pipeline.db import failures as db
+from catalog_pipeline.db.ingest import SourceObject
+from catalog_pipeline.ingest import source_object
 from catalog_pipeline.observability import report_failure
 
 log = logging.getLogger("catalog_pipeline.failures")
@@ -133,9 +135,10 @@ def resend_pending_alerts(
     return sent
 
 
-def _unplanned(bucket: Bucket | None, object_key: str, etag: str | None) -> db.UnplannedFile | None:
-    """The object's current version, for a run that failed before recording its plan;
-    None when the bucket cannot say (deleted, unreachable) or moved on to another ETag."""
+def _unplanned(bucket: Bucket | None, object_key: str, etag: str | None) -> SourceObject | None:
+    """The object's version for a run that failed before recording its plan: the one its
+    ETag tag names, else the current one; None when the bucket cannot say (deleted,
+    unreachable) or the object moved on from the tagged version."""
     if bucket is None:
         return None
     try:
@@ -145,12 +148,4 @@ def _unplanned(bucket: Bucket | None, object_key: str, etag: str | None) -> db.U
         return None
     if etag is not None and info.etag != etag:
         return None
-    name = parse_object_key(info.key, info.last_modified)
-    return db.UnplannedFile(
-        object_key=info.key,
-        etag=info.etag,
-        size=info.size,
-        last_modified=info.last_modified,
-        source=name.source,
-        observed_at=name.observed_at,
-    )
+    return source_object(info)

@@ -10,12 +10,11 @@ from the run's "Started process for run (pid: N)" event and asks the kernel.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 from dagster import DagsterEventType, DagsterRun
 from dagster._core.launcher import DefaultRunLauncher
 from dagster._core.launcher.base import CheckRunHealthResult, WorkerStatus
+
+from catalog_pipeline.core.processes import process_alive
 
 
 class LocalRunLauncher(DefaultRunLauncher):
@@ -47,18 +46,3 @@ def run_worker_pid(instance, run_id: str) -> int | None:
         if data and "pid" in data.metadata and message.startswith("Started process for run"):
             pid = int(data.metadata["pid"].value)
     return pid
-
-
-def process_alive(pid: int) -> bool:
-    """Alive and not a zombie (a killed child its parent has not reaped yet)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True  # no /proc (not Linux): the signal check stands
-    return state not in ("Z", "X")

@@ -78,3 +78,31 @@ def faulty_ingest_job() -> dg.JobDefinition:
             dg.EnvVar.int("CATALOG_TEST_CHUNK_BYTES"),
         )
     ).resolve_job_def(INGEST_JOB)
+
+
+IN_PROCESS = {"execution": {"config": {"in_process": {}}}}
+
+
+def execute_faulty_ingest(
+    instance: dg.DagsterInstance,
+    object_key: str,
+    run_config: dict = IN_PROCESS,
+    reexecution_of: str | None = None,
+):
+    """A run of `faulty_ingest_job` for `object_key`'s partition, or a re-execution of
+    run `reexecution_of` from its failure."""
+    from catalog_pipeline.assets.partitions import partition_key_for, source_csvs
+
+    partition = partition_key_for(object_key)
+    instance.add_dynamic_partitions(source_csvs.name, [partition])
+    options = (
+        dg.ReexecutionOptions.from_failure(reexecution_of, instance) if reexecution_of else None
+    )
+    return dg.execute_job(
+        dg.reconstructable(faulty_ingest_job),
+        instance,
+        run_config=run_config,
+        tags=None if reexecution_of else {"dagster/partition": partition},
+        reexecution_options=options,
+        raise_on_error=False,
+    )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Engine, inspect, select
+from sqlalchemy import Engine, inspect, select, text
 
 from catalog_pipeline.db.tables import metadata
 
@@ -55,3 +55,20 @@ def content_dump(engine: Engine) -> dict[str, list[tuple]]:
             name: [tuple(row) for row in connection.execute(text(query))]
             for name, query in queries.items()
         }
+
+
+def completed_chunks(database_url: str) -> int:
+    """Chunks stored as completed so far (0 while the database cannot answer): for tests
+    that act in the middle of an ingest running in another process."""
+    from catalog_pipeline.db.engine import make_engine
+
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            return connection.execute(
+                text("SELECT count(*) FROM source_chunks WHERE status = 'completed'")
+            ).scalar_one()
+    except Exception:
+        return 0
+    finally:
+        engine.dispose()

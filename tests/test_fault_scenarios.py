@@ -20,7 +20,7 @@ from sqlalchemy.engine import make_url
 from catalog_pipeline.core.bucket import LocalBucket
 from catalog_pipeline.core.samples import sample_csv
 from catalog_pipeline.db.engine import make_engine
-from tests.helpers import content_dump
+from tests.helpers import completed_chunks, content_dump
 
 REPO = Path(__file__).resolve().parents[1]
 KEY = "shop_2026-11-06T06-00-00.csv"
@@ -51,19 +51,6 @@ def ingest(bucket: LocalBucket, database_url: str, chunk_bytes: int, **env) -> t
     lines = result.stdout.strip().splitlines()
     assert lines, result.stderr[-3000:]
     return result.returncode, json.loads(lines[-1]), result.stderr
-
-
-def completed_chunks(database_url: str) -> int:
-    engine = make_engine(database_url)
-    try:
-        with engine.connect() as connection:
-            return connection.execute(
-                text("SELECT count(*) FROM source_chunks WHERE status = 'completed'")
-            ).scalar_one()
-    except Exception:
-        return 0
-    finally:
-        engine.dispose()
 
 
 def when_chunks_complete(database_url: str, action, count: int = 1) -> threading.Thread:

@@ -15,9 +15,11 @@ import pytest
 from sqlalchemy import text
 
 from catalog_pipeline.core.bucket import LocalBucket
+from catalog_pipeline.core.processes import process_alive
 from catalog_pipeline.core.samples import sample_csv
 from catalog_pipeline.db.engine import make_engine
-from catalog_pipeline.run_launcher import process_alive, run_worker_pid
+from catalog_pipeline.run_launcher import run_worker_pid
+from tests.helpers import completed_chunks
 from tests.test_end_to_end import REPO, Dagster, wait_for
 from tests.webhook_receiver import WebhookReceiver
 
@@ -37,19 +39,6 @@ def _statuses(database: str) -> list[str]:
             )
     except Exception:
         return []
-    finally:
-        engine.dispose()
-
-
-def _completed_chunks(database: str) -> int:
-    engine = make_engine(database)
-    try:
-        with engine.connect() as connection:
-            return connection.execute(
-                text("SELECT count(*) FROM source_chunks WHERE status = 'completed'")
-            ).scalar_one()
-    except Exception:
-        return 0
     finally:
         engine.dispose()
 
@@ -81,7 +70,7 @@ def test_a_killed_run_worker_ends_failed_alerts_once_and_the_retry_completes(tmp
             dagster,
         )
         deadline = time.monotonic() + 120
-        while _completed_chunks(database) < 1 and time.monotonic() < deadline:
+        while completed_chunks(database) < 1 and time.monotonic() < deadline:
             time.sleep(0.1)
         instance = dg.DagsterInstance.from_config(str(home))
         pid = run_worker_pid(instance, run["runId"])

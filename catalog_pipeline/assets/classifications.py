@@ -195,7 +195,10 @@ def classify_scope(
     # failures), or one more failure per item, identified by its time so it counts once.
     def store(batch: Sequence[ItemText], results: list[Classified]) -> None:
         nonlocal stored
-        stored += store_classifications(engine, key, batch, results)
+        stored += retrying(
+            lambda: store_classifications(engine, key, batch, results),
+            f"{scope}: storing the results of {_items(len(results))}",
+        )
 
     def on_failed(batch: Sequence[ItemText], failures: list[Failed]) -> None:
         nonlocal failed

@@ -222,7 +222,7 @@ def _postgres_verdict(error: BaseException) -> bool:
         names = {kind.__name__ for kind in type(error).__mro__}
         if not names & {"OperationalError", "InterfaceError"}:
             return False
-        return True
+        return not _postgres_configuration_problem(error)
     return state.startswith("08") or state in TRANSIENT_SQLSTATES
 
 

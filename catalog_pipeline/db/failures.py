@@ -11,9 +11,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from typing import TYPE_CHECKING
+
 from sqlalchemy import Connection, Engine, or_, select, update
 
 from catalog_pipeline.core.errors import PermanentError
+from catalog_pipeline.core.processes import process_alive
 from catalog_pipeline.core.retry import RetryPolicy
 from catalog_pipeline.db.engine import dialect_insert
 from catalog_pipeline.db.tables import (
@@ -23,6 +26,9 @@ from catalog_pipeline.db.tables import (
     source_files,
     utcnow,
 )
+
+if TYPE_CHECKING:  # db.ingest imports this module (the lease renewal of a chunk write)
+    from catalog_pipeline.db.ingest import SourceObject
 
 # States a run may still move to `failed`: its own plan or ingest, or an earlier failure
 # of the same run family (a re-execution from failure that fails again).
@@ -41,19 +47,6 @@ class RecordedFailure:
     file_marked: bool
 
 
-@dataclass(frozen=True, slots=True)
-class UnplannedFile:
-    """An object version the failed run never got to record (it failed before planning
-    was stored): enough to record it as `failed`."""
-
-    object_key: str
-    etag: str
-    size: int
-    last_modified: datetime
-    source: str
-    observed_at: datetime
-
-
 def record_run_failure(
     engine: Engine,
     run_id: str,
@@ -61,7 +54,7 @@ def record_run_failure(
     object_key: str,
     reason: str,
     etag: str | None = None,
-    unplanned: UnplannedFile | None = None,
+    unplanned: SourceObject | None = None,
 ) -> RecordedFailure:
     """Mark the file of a failed (or cancelled, or killed) run `failed`, in one transaction.
 
@@ -166,7 +159,7 @@ def _incomplete_chunks(connection: Connection, file_id: int) -> tuple[int, ...]:
 
 
 def _record_unplanned(
-    connection: Connection, obj: UnplannedFile, reason: str, run_id: str, now: datetime
+    connection: Connection, obj: SourceObject, reason: str, run_id: str, now: datetime
 ) -> int | None:
     insert = dialect_insert(connection)
     inserted = connection.execute(
@@ -379,23 +372,13 @@ def acquire_lease(
                 continue
             alive = holder_alive(held.run_id) if holder_alive else None
             if alive is None and held.holder_host == socket.gethostname() and held.holder_pid:
-                alive = _process_exists(held.holder_pid)
+                alive = process_alive(held.holder_pid)
             if alive is False and _take_lease(
                 connection, object_key, run_id, seconds, replacing=held.run_id
             ):
                 return
             raise LeaseHeldError(object_key, held.run_id, held.acquired_at, held.expires_at)
     raise LeaseHeldError(object_key, "(unknown)", utcnow(), utcnow())
-
-
-def _process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _take_lease(

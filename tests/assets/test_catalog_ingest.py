@@ -17,7 +17,7 @@ from catalog_pipeline.db.engine import make_engine
 from catalog_pipeline.db.tables import catalog_items, source_chunks, source_files
 from catalog_pipeline.definitions import build_definitions
 from catalog_pipeline.jobs import INGEST_JOB
-from tests.dagster_jobs import FAULT_SETTING, faulty_ingest_job, resources
+from tests.dagster_jobs import FAULT_SETTING, execute_faulty_ingest, resources
 from tests.helpers import content_dump, dump
 
 KEY = "acme [eu], outdoor|1_2026-11-01T06-00-00.csv"  # characters Dagster mishandles
@@ -151,18 +151,7 @@ def test_a_chunk_whose_read_fails_transiently_is_retried_in_its_step_and_counted
 
 
 def _execute(instance: dg.DagsterInstance, reexecution_of: str | None = None):
-    instance.add_dynamic_partitions(source_csvs.name, [partition_key_for(KEY)])
-    options = (
-        dg.ReexecutionOptions.from_failure(reexecution_of, instance) if reexecution_of else None
-    )
-    return dg.execute_job(
-        dg.reconstructable(faulty_ingest_job),
-        instance,
-        run_config={"execution": {"config": {"in_process": {}}}},
-        tags=None if reexecution_of else {"dagster/partition": partition_key_for(KEY)},
-        reexecution_options=options,
-        raise_on_error=False,
-    )
+    return execute_faulty_ingest(instance, KEY, reexecution_of=reexecution_of)
 
 
 def test_reexecution_from_failure_reruns_only_the_failed_chunk(

@@ -14,12 +14,11 @@ import dagster as dg
 import pytest
 from sqlalchemy import select
 
-from catalog_pipeline.assets.partitions import partition_key_for, source_csvs
 from catalog_pipeline.core.samples import sample_csv
 from catalog_pipeline.db.tables import ingest_leases, ingest_run_failures, source_files
 from catalog_pipeline.definitions import build_definitions
 from catalog_pipeline.sensors.failures import ingest_run_failure_sensor
-from tests.dagster_jobs import FAULT_SETTING, faulty_ingest_job, resources
+from tests.dagster_jobs import FAULT_SETTING, execute_faulty_ingest, resources
 from tests.helpers import content_dump
 from tests.webhook_receiver import WebhookReceiver
 
@@ -45,18 +44,7 @@ def setup(monkeypatch, tmp_path, local_bucket, engine):
 
 
 def _execute(instance: dg.DagsterInstance, run_config: dict, reexecution_of: str | None = None):
-    instance.add_dynamic_partitions(source_csvs.name, [partition_key_for(KEY)])
-    options = (
-        dg.ReexecutionOptions.from_failure(reexecution_of, instance) if reexecution_of else None
-    )
-    return dg.execute_job(
-        dg.reconstructable(faulty_ingest_job),
-        instance,
-        run_config=run_config,
-        tags=None if reexecution_of else {"dagster/partition": partition_key_for(KEY)},
-        reexecution_options=options,
-        raise_on_error=False,
-    )
+    return execute_faulty_ingest(instance, KEY, run_config, reexecution_of)
 
 
 def _evaluate_failure_sensor(instance, database_url, bucket_url, cursor=None):
@@ -86,6 +74,7 @@ def _file_rows(engine):
         ).all()
 
 
+@pytest.mark.slow  # about 25 s a database: spawned step processes
 def test_a_chunk_step_killed_by_sigkill_leaves_the_file_failed_and_alerts_once(
     setup, engine, local_bucket, tmp_path, monkeypatch
 ):
