@@ -21,6 +21,7 @@ from catalog_pipeline.core.playcount import (
     quota_left,
     utc_now,
 )
+from catalog_pipeline.core.retry import Retried, retrying
 from catalog_pipeline.db.playcount import (
     PlaycountQueue,
     ReclaimResult,
@@ -73,7 +74,7 @@ def _drain_blocked(stats_provider: StatsProvider, engine, clock: Clock) -> tuple
     """Why the drain must not call the provider now, as (stopped_by, notice), or None."""
     if not stats_provider.configured:
         return "not_configured", f"{PLAYCOUNT_API_URL} is not set: the provider drain is skipped"
-    until = retry_after_until(engine, clock())
+    until = retrying(lambda: retry_after_until(engine, clock()), "playcount Retry-After")
     if until is not None:
         return (
             "retry_after",
@@ -100,14 +101,16 @@ def playcount_history(
     started = time.monotonic()
     engine = catalog_db.engine()
     clock = config.clock()
-    reclaimed = reclaim(engine, config.policy(), clock())
-    enqueued = enqueue_missing(engine, clock())
+    # Every database step is one transaction, retried on transient errors (core.retry);
+    # a claim retried after its commit was lost leaves that row to the lease's reclaim.
+    reclaimed = retrying(lambda: reclaim(engine, config.policy(), clock()), "playcount reclaim")
+    enqueued = retrying(lambda: enqueue_missing(engine, clock()), "playcount enqueue")
 
     blocked = _drain_blocked(stats_provider, engine, clock)
     if blocked is None:
         notice = None
         report = drain(
-            PlaycountQueue(engine, worker=f"run:{context.run_id}"),
+            Retried(PlaycountQueue(engine, worker=f"run:{context.run_id}"), "playcount queue"),
             stats_provider.client().fetch,
             stats_provider.daily_quota,
             clock=clock,
@@ -130,8 +133,8 @@ def playcount_history(
             f"({config.max_attempts}), e.g. {', '.join(reclaimed.at_cap_sample[:5])}"
         )
 
-    used = quota_used(engine, clock())
-    counts = queue_counts(engine)
+    used = retrying(lambda: quota_used(engine, clock()), "playcount quota")
+    counts = retrying(lambda: queue_counts(engine), "playcount queue counts")
     context.log.info(
         f"reclaimed {reclaimed.reclaimed}, enqueued {enqueued.enqueued}, "
         f"{report.calls} call(s) ({report.stopped_by}), quota used {used}/"
@@ -152,7 +155,9 @@ def playcount_history(
             "quota_used": used,
             "quota_left": quota_left(stats_provider.daily_quota, used),
             **{f"queue/{status}": count for status, count in counts.items()},
-            "dagster/row_count": provider_history_days(engine),
+            "dagster/row_count": retrying(
+                lambda: provider_history_days(engine), "playcount history days"
+            ),
             "seconds": round(time.monotonic() - started, 3),
         }
     )

@@ -101,3 +101,25 @@ def _log_retry(what: str) -> Callable[[int, float, BaseException], None]:
         )
 
     return report
+
+
+class Retried:
+    """`target` with each of its method calls retried by `retrying` (each method must be
+    one idempotent unit, such as one transaction)."""
+
+    def __init__(self, target: object, what: str, policy: RetryPolicy | None = None) -> None:
+        self._target = target
+        self._what = what
+        self._policy = policy
+
+    def __getattr__(self, name: str):
+        attribute = getattr(self._target, name)
+        if not callable(attribute):
+            return attribute
+
+        def call(*args, **kwargs):
+            return retrying(
+                lambda: attribute(*args, **kwargs), f"{self._what}.{name}", self._policy
+            )
+
+        return call

@@ -8,6 +8,7 @@ from catalog_pipeline.assets.playcount import (
     BackfillPolicyConfig,
     reclaim_metadata,
 )
+from catalog_pipeline.core.retry import retrying
 from catalog_pipeline.db.playcount import reclaim
 from catalog_pipeline.resources.catalog import CatalogDatabase
 from catalog_pipeline.schedules import utc_schedule
@@ -19,7 +20,10 @@ def reclaim_backfill_queue(
 ) -> None:
     """Failed rows below the attempts cap and claims older than the lease go back to pending;
     rows at the cap stay failed and are reported. Database errors fail the run."""
-    result = reclaim(catalog_db.engine(), config.policy(), config.clock()())
+    engine = catalog_db.engine()
+    result = retrying(
+        lambda: reclaim(engine, config.policy(), config.clock()()), "backfill reclaim"
+    )
     context.log.info(
         f"reclaimed {result.reclaimed} row(s): {result.failed_to_pending} failed, "
         f"{result.expired_to_pending} expired claim(s); {result.abandoned_calls} call(s) "
