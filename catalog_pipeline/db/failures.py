@@ -10,7 +10,6 @@ import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, Engine, or_, select, update
