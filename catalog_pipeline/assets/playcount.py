@@ -31,6 +31,7 @@ from catalog_pipeline.db.playcount import (
     quota_used,
     reclaim,
     retry_after_until,
+    retry_failed_rows,
 )
 from catalog_pipeline.resources.catalog import CatalogDatabase
 from catalog_pipeline.resources.provider import StatsProvider
@@ -56,6 +57,9 @@ class BackfillPolicyConfig(dg.Config):
 class PlaycountConfig(BackfillPolicyConfig):
     max_calls: int | None = None  # a cap on this pass's calls, below the daily quota
     max_consecutive_failures: int = DEFAULT_MAX_CONSECUTIVE_FAILURES  # 0: never stop early
+    # Rows that failed `max_attempts` times are skipped with their last error; True gives
+    # them a fresh start in this pass (after the cause was fixed).
+    retry_failed: bool = False
 
 
 def reclaim_metadata(result: ReclaimResult) -> dict:
@@ -103,6 +107,11 @@ def playcount_history(
     clock = config.clock()
     # Every database step is one transaction, retried on transient errors (core.retry);
     # a claim retried after its commit was lost leaves that row to the lease's reclaim.
+    retried = 0
+    if config.retry_failed:
+        retried = retrying(
+            lambda: retry_failed_rows(engine, config.policy(), clock()), "playcount retry"
+        )
     reclaimed = retrying(lambda: reclaim(engine, config.policy(), clock()), "playcount reclaim")
     enqueued = retrying(lambda: enqueue_missing(engine, clock()), "playcount enqueue")
 
@@ -143,6 +152,7 @@ def playcount_history(
     return dg.MaterializeResult(
         metadata={
             **reclaim_metadata(reclaimed),
+            "retried_after_cap": retried,
             "enqueued": enqueued.enqueued,
             "skipped": enqueued.skipped,
             "reranked": enqueued.reranked,

@@ -189,6 +189,18 @@ class ReclaimResult:
         return self.failed_to_pending + self.expired_to_pending
 
 
+def retry_failed_rows(engine: Engine, policy: BackfillPolicy, now: datetime) -> int:
+    """Give rows that failed at the attempts cap a fresh start (`retry_failed`): their
+    attempts go back to 0 and they are pending again, keeping `last_error` until the
+    next outcome. Returns how many."""
+    with engine.begin() as connection:
+        return connection.execute(
+            update(queue)
+            .where(queue.c.status == FAILED, queue.c.attempts >= policy.max_attempts)
+            .values(status=PENDING, attempts=0, updated_at=now)
+        ).rowcount
+
+
 def reclaim(engine: Engine, policy: BackfillPolicy, now: datetime) -> ReclaimResult:
     """Return retryable failed rows and expired claims to `pending`, in one transaction."""
     cutoff = policy.lease_cutoff(now)

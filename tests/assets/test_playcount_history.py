@@ -145,13 +145,24 @@ def test_passes_end_with_the_contracts_outcomes_retry_only_what_may_be_retried_a
         assert (third["reclaimed"], third["calls"], third["at_attempts_cap"]) == (0, 0, 2)
         assert sorted(third["at_attempts_cap_sample"]) == ["ISRC-BROKEN", "ISRC-SLOW"]
         assert third["quota_used"] == 10 == sum(provider.calls.values())
+        assert third["retried_after_cap"] == 0
+
+        # `retry_failed` (the cause fixed, say): the capped rows get a fresh start and are
+        # called once more; still failing, they count one attempt anew.
+        fourth = run_pass(instance, res, T0 + timedelta(hours=3), max_attempts=2, retry_failed=True)
+        assert (fourth["retried_after_cap"], fourth["calls"]) == (2, 2)
+        assert drained(fourth) == {"server_error": 1, "timeout": 1}
+        assert {sku: state for sku, state in states(engine).items() if state[0] == "failed"} == {
+            "BROKEN": ("failed", "server_error", 1),
+            "SLOW": ("failed", "timeout", 1),
+        }
 
     assert dict(provider.calls) == {
         "ISRC-OK": 1,
         "ISRC-GONE": 1,
         "ISRC-FORBIDDEN": 1,
-        "ISRC-BROKEN": 2,
-        "ISRC-SLOW": 2,
+        "ISRC-BROKEN": 3,
+        "ISRC-SLOW": 3,
         "ISRC-LIMITED": 2,
         "ISRC-BEHIND": 1,
     }
@@ -161,7 +172,7 @@ def test_passes_end_with_the_contracts_outcomes_retry_only_what_may_be_retried_a
                 provider_calls.c.id
             )
         ).all()
-    assert len(ledger) == 10
+    assert len(ledger) == 12
     assert [tuple(row) for row in ledger[:6]] == [
         ("ISRC-OK", "200"),
         ("ISRC-GONE", "404"),
