@@ -276,3 +276,30 @@ def test_the_budget_comes_from_the_environment(monkeypatch):
     monkeypatch.setenv("CATALOG_RETRY_BUDGET_S", "five minutes")
     with pytest.raises(ValueError, match="CATALOG_RETRY_BUDGET_S"):
         RetryPolicy.from_environment()
+
+
+def test_retried_retries_each_method_call_of_its_target():
+    from catalog_pipeline.core.retry import Retried
+
+    class Queue:
+        def __init__(self) -> None:
+            self.claims = 0
+            self.name = "queue"
+
+        def claim(self, limit: int) -> int:
+            self.claims += 1
+            if self.claims < 3:
+                raise ConnectionResetError("reset")
+            return limit
+
+        def record(self) -> None:
+            raise ValueError("a bug")
+
+    queue = Queue()
+    retried = Retried(
+        queue, "queue", RetryPolicy(budget_seconds=5, first_delay=0.01, max_delay=0.02)
+    )
+    assert retried.claim(7) == 7 and queue.claims == 3
+    assert retried.name == "queue"  # attributes pass through
+    with pytest.raises(ValueError):
+        retried.record()
