@@ -2,11 +2,13 @@
 
 `validation.validate_record` is the contract and stays the only judge of an invalid row.
 This module accepts a row only when every one of its fields has a shape on which that
-function's answer is certain (a plain SKU, a URL with a letter-first DNS host, a price
-like `$1,234.50` or `12.50 €`, …) and computes exactly the values it would store. Every
-other row, valid or not, is declined and goes through `validate_record` unchanged, so
-this can only take rows off the per-row path; it never decides a reason or a different
-value (the differential tests compare both on hostile input).
+function's answer is certain (a plain SKU, a URL with a letter-first DNS host that holds
+no `xn--` punycode, a price like `$1,234.50` or `12.50 €`, …) and computes exactly the
+values it would store. Every other row, valid or not, is declined and goes through
+`validate_record` unchanged, so this can only take rows off the per-row path; it never
+decides a reason or a different value (the differential tests compare both on hostile
+input). Punycode hosts are declined because only the rules decode them and judge the
+homograph check (`core.confusables`).
 
 Three facts the shapes rely on:
 - `str.strip()` changes a value exactly when its first or last character is one of the
@@ -71,8 +73,13 @@ _PLAY_COUNT = r"^(?:[0-9]{1,3}(?:,[0-9]{3}){1,5}|[0-9]{1,18})$"  # at most 18 di
 # What `validation._url_reasons` passes without a second look: http(s), a DNS name whose
 # first label starts with a letter (never an IP literal), no port, no trailing dot.
 _PLAIN_URL = r"^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z][A-Za-z0-9-]*(?:\.[A-Za-z0-9-]+)*(?:[/?#]|$)"
-_LOCALHOST_URL = (
-    r"^[Hh][Tt][Tt][Pp][Ss]?://(?:[A-Za-z0-9-]+\.)*[Ll][Oo][Cc][Aa][Ll][Hh][Oo][Ss][Tt](?:[/?#]|$)"
+# Plain URLs the rules must still judge: localhost names, and hosts with `xn--` anywhere
+# (punycode, decoded and checked for homographs by `core.confusables`).
+_DECLINED_HOST_URL = (
+    r"^[Hh][Tt][Tt][Pp][Ss]?://(?:"
+    r"(?:[A-Za-z0-9-]+\.)*[Ll][Oo][Cc][Aa][Ll][Hh][Oo][Ss][Tt](?:[/?#]|$)"
+    r"|[A-Za-z0-9.-]*[Xx][Nn]--"
+    r")"
 )
 # Image lists of printable ASCII without quotes or backslashes: their JSON needs no escapes.
 _PLAIN_IMAGES = r"^[ !#-\[\]-~]*$"
@@ -238,7 +245,7 @@ def accept_rows(table: pa.Table, mapping: HeaderMapping) -> tuple[np.ndarray, pa
     name = columns["name"]
     keep(unstripped(name) & _at_most(name, MAX_NAME_LENGTH), name)
     url = columns["url"]
-    plain = _matches(url, _PLAIN_URL) & ~_matches(url, _LOCALHOST_URL)
+    plain = _matches(url, _PLAIN_URL) & ~_matches(url, _DECLINED_HOST_URL)
     keep(plain & unstripped(url) & _at_most(url, MAX_URL_LENGTH), url)
 
     def optional(column: str, limit: int | None = None) -> pa.Array:

@@ -5,6 +5,13 @@ contract of DESIGN.md, section "Validation". ``validate_record`` is on the hot p
 (millions of rows), so regexes are precompiled, absent/empty optional columns cost a
 single branch, and the expensive URL and IP parsing only runs when a cheap check says
 it is needed.
+
+URL hosts: a raw non-ASCII host is ``url_non_ascii_host`` (homograph guard); an ASCII
+host with punycode labels (``xn--…``) is decoded and judged by ``core.confusables``
+(TR39-style mixed-script, whole-script-confusable and identifier-safety rules, as browsers
+apply before showing an IDN): ``xn--pple-43d.com`` (``аpple.com``, Cyrillic ``а``) and
+undecodable ``xn--`` labels are ``url_confusable_host``; ``xn--mnchen-3ya.de``
+(``münchen.de``) is valid. Only hosts containing ``xn--`` pay for that check.
 """
 
 from __future__ import annotations
@@ -16,6 +23,8 @@ import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from urllib.parse import unquote, urlsplit
+
+from catalog_pipeline.core.confusables import idn_host_problem
 
 __all__ = [
     "CANONICAL_COLUMNS",
@@ -78,6 +87,7 @@ REASON_CODES: tuple[str, ...] = (
     "url_bad_scheme",
     "url_no_host",
     "url_non_ascii_host",
+    "url_confusable_host",
     "url_private_host",
     "description_too_long",
     "brand_too_long",
@@ -109,6 +119,7 @@ _MALFORMED_ROW = ("malformed_row",)
 _URL_BAD_SCHEME = ("url_bad_scheme",)
 _URL_NO_HOST = ("url_no_host",)
 _URL_NON_ASCII_HOST = ("url_non_ascii_host",)
+_URL_CONFUSABLE_HOST = ("url_confusable_host",)
 _URL_PRIVATE_HOST = ("url_private_host",)
 _NO_REASONS: tuple[str, ...] = ()
 
@@ -423,6 +434,8 @@ def _url_reasons(url: str) -> tuple[str, ...]:
         host = host.rstrip(".")
         if not host:
             return _URL_NO_HOST
+    if "xn--" in host:
+        return _host_reasons(host)
     if (
         host == "localhost"
         or host.endswith(".localhost")
@@ -477,14 +490,18 @@ def _host_of_authority(authority: str) -> str:
 
 
 def _host_reasons(host: str) -> tuple[str, ...]:
-    """``url_no_host``, ``url_non_ascii_host`` and ``url_private_host`` for a lowercased host."""
+    """The ``url_no_host``, ``url_non_ascii_host``, ``url_confusable_host`` and
+    ``url_private_host`` reasons of a lowercased host."""
     if "%" in host:  # browsers percent-decode hosts: %31%32%37.0.0.1 is 127.0.0.1
         host = unquote(host).lower()
     host = host.rstrip(".")
     if not host:
         return _URL_NO_HOST
     if host.isascii():
-        return _URL_PRIVATE_HOST if _is_private_host(host) else _NO_REASONS
+        reasons = _URL_PRIVATE_HOST if _is_private_host(host) else _NO_REASONS
+        if "xn--" in host and idn_host_problem(host) is not None:
+            reasons = _URL_CONFUSABLE_HOST + reasons
+        return reasons
     # Homograph guard. Browsers also map full-width forms (１２７．０．０．１) to ASCII, so
     # judge that reading too.
     folded = unicodedata.normalize("NFKC", host).replace("\u3002", ".").lower().rstrip(".")

@@ -83,6 +83,9 @@ VALUES = {
         "https://example.com\\@127.0.0.1/",
         "https://user@example.com/",
         "https://[::1]/",
+        *(f"https://{host}/p" for host in ("xn--pple-43d.com", "XN--80ak6aa92e.com")),
+        *(f"https://{host}/p" for host in ("xn--mnchen-3ya.de", "shop.xn--e1afmkfd.xn--p1ai")),
+        *(f"https://{host}/p" for host in ("xn--zz.com", "axn--b.com", "Xn--abc-.com")),
         "https://example.com/" + "a" * 2028,
         "https://example.com/" + "a" * 2029,
         " https://example.com/ ",
@@ -237,6 +240,8 @@ def test_fast_path_declines_what_only_the_rules_can_judge():
         ["A-3", "ok", "httpſ://example.com/", "1"],  # RE2 would fold ſ to s
         ["A-4", "ok\u00a0", "https://example.com/", "1"],  # strip() would change it
         ["A-5", "ok", "https://example.com/", "１２"],  # not ASCII digits
+        ["A-6", "ok", "https://xn--mnchen-3ya.de/", "1"],  # punycode: the IDN rules decide
+        ["A-7", "ok", "https://xn--pple-43d.com/", "1"],
     ]
     data = _encode(header, rows)
     mapping = map_header(header)
@@ -244,7 +249,7 @@ def test_fast_path_declines_what_only_the_rules_can_judge():
     chunk = read_chunk_columns(data[base:], base, True, mapping.field_count)
     assert isinstance(chunk, ColumnarChunk)
     accepted, _ = accept_rows(chunk.table, mapping)
-    assert accepted.tolist() == [True, False, False, False, False]
+    assert accepted.tolist() == [True, False, False, False, False, False, False]
     _check_same(data, header)
 
 
@@ -279,3 +284,50 @@ def test_contiguous_keeps_a_single_chunk_and_joins_several():
     several = pa.chunked_array([pa.array(["ab"]), pa.array(["c", None])])
     assert contiguous(several).to_pylist() == ["ab", "c", None]
     assert contiguous(pa.chunked_array([], pa.string())).to_pylist() == []
+
+
+# Hosts the columnar URL shape would take if it did not look for "xn--": valid IDNs,
+# homographs (аpple, аррӏе, hxοample), undecodable labels, and "xn--" that is not a prefix.
+PUNYCODE_LABELS = [
+    "xn--pple-43d",
+    "xn--80ak6aa92e",
+    "xn--hxample-9of",
+    "xn--mnchen-3ya",
+    "xn--e1afmkfd",
+    "xn--p1ai",
+    "xn--r8jz45g",
+    "xn--zz",
+    "xn--abc-",
+    "xn--",
+    "XN--PPLE-43D",
+    "Xn--Mnchen-3ya",
+    "axn--b",
+]
+ASCII_LABELS = ["shop", "example", "com", "de", "a-b", "x1"]
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.lists(st.sampled_from(PUNYCODE_LABELS + ASCII_LABELS), min_size=1, max_size=4)
+        .map(".".join)
+        .filter(lambda host: host[0].isalpha()),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_fast_path_and_rules_agree_on_punycode_hosts(hosts: list[str]) -> None:
+    header = ["sku", "name", "url"]
+    rows = [[f"S-{index}", "ok", f"https://{host}/p/{index}"] for index, host in enumerate(hosts)]
+    data = _encode(header, rows)
+    _check_same(data, header)
+    mapping = map_header(header)
+    base = data.index(b"\n") + 1
+    chunk = read_chunk_columns(data[base:], base, True, mapping.field_count)
+    assert isinstance(chunk, ColumnarChunk)
+    accepted = accept_rows(chunk.table, mapping)[0]
+    for host, taken in zip(hosts, accepted.tolist(), strict=True):
+        if "xn--" in host.lower():
+            assert not taken  # every punycode host goes to the rules, valid or not
+        else:  # and the plain ones are still taken
+            assert taken == (validate_record(["S", "ok", f"https://{host}/"], mapping)[1] == ())

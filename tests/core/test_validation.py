@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from catalog_pipeline.core import validation
+from catalog_pipeline.core.confusables import LATIN_LOOKALIKES, idn_host_problem
 from catalog_pipeline.core.validation import (
     CANONICAL_COLUMNS,
     REASON_CODES,
@@ -75,6 +76,7 @@ def test_public_constants() -> None:
         "url_bad_scheme",
         "url_no_host",
         "url_non_ascii_host",
+        "url_confusable_host",
         "url_private_host",
         "description_too_long",
         "brand_too_long",
@@ -100,6 +102,7 @@ REASON_CASES: list[tuple[str, dict[str, str], tuple[str, ...]]] = [
     ("url_bad_scheme", {"url": "ftp://example.com/file"}, ("url_bad_scheme",)),
     ("url_no_host", {"url": "http:///path"}, ("url_no_host",)),
     ("url_non_ascii_host", {"url": "https://bücher.example/"}, ("url_non_ascii_host",)),
+    ("url_confusable_host", {"url": "http://xn--pple-43d.com/"}, ("url_confusable_host",)),
     ("url_private_host", {"url": "http://192.168.0.10/admin"}, ("url_private_host",)),
     ("description_too_long", {"description": "d" * 50_001}, ("description_too_long",)),
     ("brand_too_long", {"brand": "b" * 201}, ("brand_too_long",)),
@@ -244,6 +247,19 @@ URL_CASES: list[tuple[str, tuple[str, ...]]] = [
     ("http://127.0.0.1\\@good.com/", ("url_private_host",)),
     ("http://%31%32%37.0.0.1/", ("url_private_host",)),
     ("http://ехample.com/", ("url_non_ascii_host",)),
+    ("http://аpple.com/", ("url_non_ascii_host",)),  # raw Unicode: non-ASCII, as before
+    ("http://xn--pple-43d.com/", ("url_confusable_host",)),  # аpple.com, Cyrillic а
+    ("http://XN--PPLE-43D.COM/", ("url_confusable_host",)),
+    ("http://xn--pple-43d.com./", ("url_confusable_host",)),
+    ("https://shop.xn--pple-43d.com:8443/p?q=1", ("url_confusable_host",)),
+    ("http://user@xn--pple-43d.com/", ("url_confusable_host",)),  # the urlsplit path
+    ("http://xn--pple-43d%2ecom/", ("url_confusable_host",)),  # percent-encoded dot
+    ("http://xn--hxample-9of.com/", ("url_confusable_host",)),  # hxοample, Greek ο
+    ("http://xn--80ak6aa92e.com/", ("url_confusable_host",)),  # аррӏе: all Cyrillic
+    ("http://xn--pple-43d.localhost/", ("url_confusable_host", "url_private_host")),
+    ("http://xn--zz!.com/", ("url_confusable_host",)),  # not punycode
+    ("http://xn--abc-.com/", ("url_confusable_host",)),  # decodes to ASCII "abc"
+    ("http://xn--.com/", ("url_confusable_host",)),
     ("http://１２７.０.０.１/", ("url_non_ascii_host", "url_private_host")),
     ("http://", ("url_no_host",)),
     ("http:example.com", ("url_no_host",)),
@@ -258,7 +274,9 @@ URL_CASES: list[tuple[str, tuple[str, ...]]] = [
     ("http://[not-an-ip]/", ("url_no_host",)),
     ("ftp://[broken/", ("url_bad_scheme",)),
     # fine
-    ("http://xn--hxample-9of.com/", ()),
+    ("http://xn--mnchen-3ya.de/", ()),  # münchen.de
+    ("http://axn--b.com/", ()),  # "xn--" inside a label is not punycode
+    ("http://xn--e1afmkfd.xn--p1ai/", ()),  # пример.рф
     ("https://example.com:8443/x", ()),
     ("https://example.com:/x", ()),
     ("HTTPS://Example.COM/Path?q=1#frag", ()),
@@ -285,10 +303,150 @@ def test_url_fast_path_agrees_with_urlsplit_path(url: str) -> None:
     assert validation._url_reasons(url) == validation._url_reasons_slow(url)
 
 
+# --- IDN homographs (core.confusables) -----------------------------------------------------
+
+
+def punycode(host: str) -> str:
+    """``host`` with each non-ASCII label written as an IDNA A-label (``xn--…``)."""
+    return ".".join(
+        label if label.isascii() else "xn--" + label.encode("punycode").decode()
+        for label in host.split(".")
+    )
+
+
+ORDINARY_IDNS = [
+    "münchen.de",
+    "bücher.example",
+    "straße.de",
+    "例え.jp",
+    "sony例え.jp",  # Latin + Han + Hiragana: Japanese
+    "コーヒー.jp",  # ー is Katakana-Hiragana
+    "らーめん.jp",
+    "中文abc.cn",  # Latin + Han
+    "ㄅ中文.tw",  # Han + Bopomofo
+    "한국abc.kr",  # Latin + Hangul
+    "пример.рф",  # и, м, п…: not all Latin-looking
+    "пример.com",
+    "рус.рф",  # reads "pyc", but under a Cyrillic TLD no Latin label can exist
+    "ελληνικά.gr",
+    "αθήνα.gr",
+    "και.ελ",
+    "مثال.com",
+    "مثال١٢.com",  # Arabic letters with Arabic-Indic digits
+    "shop.münchen.de",
+]
+
+
+@pytest.mark.parametrize("host", ORDINARY_IDNS)
+def test_ordinary_idns_are_valid_in_punycode(host: str) -> None:
+    assert idn_host_problem(punycode(host)) is None
+    assert reasons(url=f"https://{punycode(host)}/p/1?x=2") == ()
+    # The raw Unicode spelling stays rejected as it always was (DESIGN.md).
+    assert reasons(url=f"https://{host}/p/1") == ("url_non_ascii_host",)
+
+
+HOMOGRAPHS: list[tuple[str, str]] = [
+    ("аpple.com", "mixes scripts Cyrillic + Latin"),  # Cyrillic а
+    ("pаypal.com", "mixes scripts Cyrillic + Latin"),
+    ("gооgle.com", "mixes scripts Cyrillic + Latin"),
+    ("shop.аpple.com", "mixes scripts Cyrillic + Latin"),  # any label, not just the first
+    ("hxοample.com", "mixes scripts Greek + Latin"),  # Greek ο
+    ("кирилλ.com", "mixes scripts Cyrillic + Greek"),
+    ("ex৪mple.com", "mixes scripts Bengali + Latin"),  # Bengali four looks like 8
+    ("한국ー.kr", "mixes scripts Hangul + Katakana"),  # not one of TR39's allowed sets
+    ("hawaiʻi.com", "mixes scripts Latin + Modifier"),  # a script-neutral letter: documented
+    ("аррӏе.com", "whole-script confusable"),  # all Cyrillic, reads "apple"
+    ("ѕсоре.com", "whole-script confusable"),
+    ("рус.com", "whole-script confusable"),  # a real word, but under a Latin TLD
+    ("ορτ.com", "whole-script confusable"),  # Greek
+    ("аррӏе.рор", "whole-script confusable"),  # a TLD that itself reads Latin exempts nothing
+    ("ex\u200dample.com", "ZERO WIDTH JOINER"),
+    ("ex\ufe0fample.com", "VARIATION SELECTOR-16"),
+    ("ɡoogle.com", "LATIN SMALL LETTER SCRIPT G"),
+    ("ᴀpple.com", "LATIN LETTER SMALL CAPITAL A"),
+    ("\U0001f4a9.com", "PILE OF POO"),
+    ("ｅxample.com", "normalized lowercase form"),  # fullwidth
+    ("ﬁsh.com", "normalized lowercase form"),  # ligature
+    ("exㅤample.com", "normalized lowercase form"),  # HANGUL FILLER
+    ("Ünchen.de", "normalized lowercase form"),  # IDNA labels are lowercase
+    ("fo\u0301o.com", "normalized lowercase form"),  # not NFC
+    ("\u0301foo.com", "starts with the combining mark"),
+    ("مثال١۱.com", "different number systems"),
+]
+
+
+@pytest.mark.parametrize(("host", "problem"), HOMOGRAPHS, ids=[h for h, _ in HOMOGRAPHS])
+def test_punycode_homographs_are_confusable_hosts(host: str, problem: str) -> None:
+    encoded = punycode(host)
+    assert encoded.isascii() and "xn--" in encoded
+    assert problem in (idn_host_problem(encoded) or "")
+    assert reasons(url=f"https://{encoded}/p/1") == ("url_confusable_host",)
+    assert reasons(url=f"https://{encoded.upper()}/p/1") == ("url_confusable_host",)
+    assert reasons(url=f"https://{host}/p/1")[0] == "url_non_ascii_host"
+
+
+BAD_PUNYCODE: list[tuple[str, str]] = [
+    ("xn--zz!", "not valid punycode"),
+    ("xn--99999999999", "not valid punycode"),
+    ("xn--abc-", "not a valid IDNA label"),  # decodes to plain "abc"
+    ("xn--", "not a valid IDNA label"),
+    ("xn--a", "U+0080"),  # decodes to a control character
+    ("xn--" + "a" * 60, "longer than 63"),
+]
+
+
+@pytest.mark.parametrize(("label", "problem"), BAD_PUNYCODE, ids=[b[0][:12] for b in BAD_PUNYCODE])
+def test_undecodable_punycode_is_a_confusable_host(label: str, problem: str) -> None:
+    assert problem in (idn_host_problem(f"{label}.com") or "")
+    assert reasons(url=f"http://{label}.com/") == ("url_confusable_host",)
+
+
+def test_ascii_hosts_without_punycode_skip_the_idn_check() -> None:
+    idn_host_problem.cache_clear()
+    for url in ("https://shop.example.com/p", "http://8.8.8.8/", "http://u@example.com/"):
+        assert reasons(url=url) == ()
+    assert reasons(url="http://localhost/") == ("url_private_host",)
+    assert idn_host_problem.cache_info().misses == 0  # never called
+    reasons(url="http://xn--pple-43d.com/")
+    reasons(url="http://xn--pple-43d.com/other")
+    assert idn_host_problem.cache_info()[:2] == (1, 1)  # judged once per host
+
+
+TLDS = ["com", "de", "xn--p1ai", "xn--qxam"]  # .рф and .ελ too: the exemption is per script
+LATIN_WORDS = st.text(alphabet=string.ascii_lowercase, min_size=1, max_size=12)
+LOOKALIKES = sorted(LATIN_LOOKALIKES["CYRILLIC"] | LATIN_LOOKALIKES["GREEK"])
+
+
+@given(LATIN_WORDS, st.integers(0, 12), st.sampled_from(LOOKALIKES), st.sampled_from(TLDS))
+def test_any_latin_label_with_a_lookalike_letter_is_confusable(
+    word: str, at: int, lookalike: str, tld: str
+) -> None:
+    at = min(at, len(word))
+    host = punycode(f"{word[:at]}{lookalike}{word[at:]}.{tld}")
+    url = f"https://{host}/"
+    assert reasons(url=url) == ("url_confusable_host",)
+    assert validation._url_reasons(url) == validation._url_reasons_slow(url)
+
+
+@given(
+    st.text(alphabet="бвгджзийклмнптфцчшщэюяе", min_size=1, max_size=10),
+    st.sampled_from("бджзийлмфцчшщэюя"),
+    st.text(alphabet=string.ascii_lowercase, max_size=5),
+    st.sampled_from(TLDS),
+)
+def test_any_cyrillic_label_with_a_distinct_letter_is_valid(
+    text: str, distinct: str, latin: str, tld: str
+) -> None:
+    host = punycode(f"{text}{distinct}.{latin or 'x'}.{tld}")
+    url = f"https://{host}/"
+    assert reasons(url=url) == ()
+    assert validation._url_reasons(url) == validation._url_reasons_slow(url)
+
+
 # --- valid rows and parsed values ---------------------------------------------------------
 
 VALID_CASES: list[tuple[str, dict[str, str], dict[str, object]]] = [
-    ("punycode_host", {"url": "http://xn--hxample-9of.com/"}, {}),
+    ("punycode_host", {"url": "http://xn--mnchen-3ya.de/"}, {}),
     ("port", {"url": "https://example.com:8443/x"}, {"url": "https://example.com:8443/x"}),
     ("price_currency_commas", {"price": "$1,234.50"}, {"price": 1234.5}),
     ("price_max", {"price": "1,000,000"}, {"price": 1_000_000.0}),
