@@ -75,17 +75,39 @@ def test_ingest_json_on_postgres_and_s3_reports_every_file_and_reruns_as_noop(
 
 
 def test_demo_writes_samples_ingests_them_and_says_how_to_open_the_ui(tmp_path):
-    result = cli("demo", "--rows", "3000", cwd=tmp_path, env={"DAGSTER_HOME": ""})
+    from catalog_pipeline.db.engine import make_engine
+
+    demo = ("demo", "--rows", "3000")
+    result = cli(*demo, cwd=tmp_path, env={"DAGSTER_HOME": ""})
     assert result.returncode == 0, result.stderr
     assert "dagster dev" in result.stdout
     assert "legacy-export_2026-11-21T06-00-00.csv              rejected" in result.stdout
     assert "bigbox_2026-11-20T06-00-00.csv" in result.stdout
     assert (tmp_path / "data" / "catalog.sqlite").exists()
     assert "[5/5]" in result.stderr  # per-file progress
-    again = cli("demo", "--rows", "3000", "--json", cwd=tmp_path, env={"DAGSTER_HOME": ""})
-    statuses = {f["object_key"]: f["status"] for f in json.loads(again.stdout)["files"]}
+    assert result.stderr.count("wrote ") == 6  # five scrapes and a README
+    engine = make_engine(f"sqlite:///{tmp_path / 'data' / 'catalog.sqlite'}")
+    tables = dump(engine)
+    assert tables["catalog_items"] and tables["invalid_item_logs"]
+
+    # A second demo prints the same, writes no sample and changes no row.
+    again = cli(*demo, cwd=tmp_path, env={"DAGSTER_HOME": ""})
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == result.stdout
+    assert "wrote " not in again.stderr
+    assert dump(engine) == tables
+
+    as_json = cli(*demo, "--json", cwd=tmp_path, env={"DAGSTER_HOME": ""})
+    files = {f["object_key"]: f for f in json.loads(as_json.stdout)["files"]}
+    statuses = {key: file["status"] for key, file in files.items()}
     assert statuses["legacy-export_2026-11-21T06-00-00.csv"] == "rejected"
     assert sorted(set(statuses.values())) == ["completed", "rejected"]
+    printed = [line.split() for line in result.stdout.splitlines()]
+    for key, file in files.items():  # the same numbers as the table printed above
+        counts = (file["rows_total"], file["rows_valid"], file["rows_invalid"])
+        assert [key, file["status"], *(f"{n:,}" for n in counts)] in printed
+    assert dump(engine) == tables
+    engine.dispose()
 
 
 def test_db_upgrade_reports_the_revision(tmp_path):

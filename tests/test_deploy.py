@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import shutil
 from pathlib import Path
 
@@ -10,7 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from catalog_pipeline.assets.partitions import partition_key_for, source_csvs
-from catalog_pipeline.core.samples import sample_csv
+from catalog_pipeline.core.samples import HEADER, sample_csv
 from catalog_pipeline.db.engine import make_engine
 from catalog_pipeline.jobs import multiprocess_config
 from tests.dagster_jobs import faulty_ingest_job
@@ -18,6 +20,26 @@ from tests.helpers import content_dump
 
 REPO = Path(__file__).resolve().parents[1]
 KEY = "prod_2026-11-22T06-00-00.csv"
+GOOD_ROWS = sample_csv(200, seed=8, invalid_rate=0.0)  # every row valid, some SKUs repeated
+
+
+def broken_rows() -> bytes:
+    """Four rows, each broken in one known way (in `HEADER` order, 13 fields)."""
+    base = ["INV-1", "Broken thing", "", "", "", "", "", "https://shop.example.com/p/1"]
+    base += [""] * (len(HEADER) - len(base))
+    rows = [
+        ["INV-1", *base[1:7], "javascript:alert(1)", *base[8:]],  # not an http(s) URL
+        ["bad sku with spaces", *base[1:]],
+        ["INV-3", "", *base[2:]],  # no name
+        ["INV-4", *base[1:], "extra column"],
+    ]
+    out = io.StringIO(newline="")
+    csv.writer(out, lineterminator="\n").writerows(rows)
+    return out.getvalue().encode()
+
+
+def distinct_skus(data: bytes) -> int:
+    return len({row[0] for row in list(csv.reader(io.StringIO(data.decode())))[1:]})
 
 
 def test_production_instance_on_postgres_loads_and_completes_an_ingest_run(
@@ -37,7 +59,7 @@ def test_production_instance_on_postgres_loads_and_completes_an_ingest_run(
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copy(REPO / "deploy" / "dagster.yaml", home / "dagster.yaml")
-    local_bucket.put(KEY, sample_csv(200, seed=8))
+    local_bucket.put(KEY, GOOD_ROWS + broken_rows())
     monkeypatch.setenv("CATALOG_TEST_BUCKET_URL", local_bucket.url)
     monkeypatch.setenv("CATALOG_TEST_DATABASE_URL", postgres_database)
     monkeypatch.setenv("CATALOG_TEST_CHUNK_BYTES", "65536")
@@ -58,5 +80,12 @@ def test_production_instance_on_postgres_loads_and_completes_an_ingest_run(
         assert stored is not None and stored.is_success
         materialized = instance.get_latest_materialization_event(dg.AssetKey("catalog_items"))
         assert materialized is not None and materialized.run_id == result.run_id
-    files = content_dump(postgres_engine)["files"]
-    assert files == [(KEY, "completed", 200, files[0][3], files[0][4], 200)]
+    tables = content_dump(postgres_engine)
+    # Expected values from the file itself: 200 valid rows, 4 broken ones, and one
+    # catalog item per distinct SKU among the valid rows.
+    assert tables["files"] == [(KEY, "completed", 204, 200, 4, 204)]
+    assert len(tables["items"]) == distinct_skus(GOOD_ROWS) < 200
+    broken = broken_rows().splitlines(keepends=True)
+    offsets = [len(GOOD_ROWS) + sum(map(len, broken[:n])) for n in range(len(broken))]
+    assert [byte_offset for _, _, byte_offset, _, _ in tables["invalid"]] == offsets
+    assert len(tables["provenance"]) == distinct_skus(GOOD_ROWS)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from catalog_pipeline.assets.partitions import partition_key_for, source_csvs
 from catalog_pipeline.core.bucket import S3Bucket
@@ -17,7 +17,7 @@ from catalog_pipeline.db.engine import make_engine
 from catalog_pipeline.db.tables import catalog_items, source_chunks, source_files
 from catalog_pipeline.definitions import build_definitions
 from catalog_pipeline.jobs import INGEST_JOB
-from tests.dagster_jobs import FAULT_SETTING, execute_faulty_ingest, resources
+from tests.dagster_jobs import FAULT_SETTING, execute_faulty_ingest, faulty_ingest_job, resources
 from tests.helpers import content_dump, dump
 
 KEY = "acme [eu], outdoor|1_2026-11-01T06-00-00.csv"  # characters Dagster mishandles
@@ -79,6 +79,78 @@ def test_one_partition_gives_the_same_tables_on_postgres_s3_and_sqlite_local(
     assert sum(reasons.values()) >= metadata["invalid"] > 0  # every invalid row has a reason
     checks = {e.check_name: e.passed for e in local.get_asset_check_evaluations()}
     assert checks == {"rows_reconcile": True, "file_accepted": True}
+
+
+def check_evaluations(result) -> dict[str, dg.AssetCheckEvaluation]:
+    return {e.check_name: e for e in result.get_asset_check_evaluations()}
+
+
+def check_metadata(evaluation: dg.AssetCheckEvaluation) -> dict:
+    return {key: getattr(value, "value", value) for key, value in evaluation.metadata.items()}
+
+
+def test_a_file_without_a_required_column_warns_through_file_accepted(engine, local_bucket):
+    key = "legacy_2026-11-01T06-00-00.csv"
+    local_bucket.put(key, b"sku,name,price\nL-1,Old thing,3.50\n")
+    url = engine.url.render_as_string(hide_password=False)
+    with dg.instance_for_test() as instance:
+        result = run_partition(resources(local_bucket.url, url, CHUNK_BYTES), key, instance)
+    assert result.success  # a rejected file is an outcome, not a failed run
+    checks = check_evaluations(result)
+    accepted = checks["file_accepted"]
+    assert accepted.passed is False
+    assert accepted.severity == dg.AssetCheckSeverity.WARN
+    reason = check_metadata(accepted)["rejected_reason"]
+    assert "'url'" in reason
+    with engine.connect() as connection:
+        stored = connection.execute(
+            select(source_files.c.status, source_files.c.rejected_reason)
+        ).one()
+    assert tuple(stored) == ("rejected", reason)
+    assert checks["rows_reconcile"].passed  # nothing planned, nothing counted
+
+
+def test_rows_reconcile_fails_with_the_difference_when_stored_results_disagree_with_the_plan(
+    fault_env, sqlite_engine
+):
+    """The check compares the planner's independent record count with the sum of the
+    stored chunk results; a result changed after the run (here in SQL) shows up when
+    `finalize` is re-executed."""
+    with dg.instance_for_test() as instance:
+        first = _execute(instance)
+        assert first.success
+        assert check_evaluations(first)["rows_reconcile"].passed
+        with sqlite_engine.begin() as connection:
+            changed = connection.execute(
+                update(source_chunks)
+                .where(source_chunks.c.chunk_index == 1)
+                .values(valid=source_chunks.c.valid + 2)
+            )
+            assert changed.rowcount == 1
+        again = dg.execute_job(
+            dg.reconstructable(faulty_ingest_job),
+            instance,
+            reexecution_options=dg.ReexecutionOptions(
+                first.run_id, step_selection=["catalog_ingest.finalize"]
+            ),
+            raise_on_error=False,
+        )
+        assert started_steps(instance, again.run_id) == ["catalog_ingest.finalize"]
+        reconcile = check_evaluations(again)["rows_reconcile"]
+    assert reconcile.passed is False
+    assert reconcile.severity == dg.AssetCheckSeverity.ERROR
+    metadata = check_metadata(reconcile)
+    with sqlite_engine.connect() as connection:
+        valid, invalid = connection.execute(
+            select(source_files.c.rows_valid, source_files.c.rows_invalid)
+        ).one()
+    assert metadata == {
+        "verified_row_count": 300,
+        "rows_valid": valid,
+        "rows_invalid": invalid,
+        "difference": 2,
+    }
+    assert valid + invalid == 302
 
 
 @pytest.fixture

@@ -4,9 +4,11 @@ notice, and a key that never reaches the logs."""
 
 from __future__ import annotations
 
+import socket
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
+import pytest
 from sqlalchemy import select
 
 from catalog_pipeline.assets.playcount import playcount_history
@@ -224,6 +226,109 @@ def test_the_scheduled_job_reads_the_provider_from_the_environment_and_never_log
     assert states(sqlite_engine) == {"A": ("done", "rejected", 1), "B": ("done", "ok", 1)}
     assert not any(KEY in text for text in texts) and KEY not in run_config
     assert KEY not in repr(StatsProviderClient(provider.url, KEY, 1))
+
+
+def ledger(engine) -> list[tuple[str, str]]:
+    with engine.connect() as connection:
+        rows = connection.execute(
+            select(provider_calls.c.external_id, provider_calls.c.status).order_by(
+                provider_calls.c.id
+            )
+        )
+        return [tuple(row) for row in rows]
+
+
+def refused_url() -> str:
+    """A loopback URL nothing listens on: every connection is refused."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+# How the provider fails every call; the outcome and the ledger status each call gets.
+FAILING = {
+    "server_error": ([status(503)], "server_error", "503"),
+    "timeout": ([HANG], "timeout", "timeout"),
+    "unreachable": (None, "unreachable", "unreachable"),  # connection refused
+}
+
+
+@pytest.mark.parametrize("failure", sorted(FAILING))
+def test_a_provider_failing_every_call_stops_the_pass_after_five_calls_in_a_row(
+    failure, sqlite_engine, local_bucket
+):
+    """The breaker with its default (no `max_consecutive_failures` in the run config):
+    an outage costs five rows an attempt each, not the whole queue its attempts."""
+    answers, outcome, ledger_status = FAILING[failure]
+    skus = [f"S{number}" for number in range(8)]
+    ingest_scrape(
+        local_bucket,
+        sqlite_engine,
+        [(sku, 1000 - number, f"ISRC-{sku}") for number, sku in enumerate(skus)],
+    )
+    with scripted_provider() as provider, dg.instance_for_test() as instance:
+        for sku in skus:
+            provider.script(f"ISRC-{sku}", *(answers or [history(1)]))
+        url = provider.url if answers else refused_url()
+        stats = StatsProvider(api_url=url, api_key=KEY, timeout_seconds=1, daily_quota=100)
+        res = {**resources(sqlite_engine), "stats_provider": stats}
+        metadata = run_pass(instance, res, T0)
+
+    assert (metadata["calls"], metadata["stopped_by"]) == (5, "provider_failing")
+    assert drained(metadata) == {outcome: 5}
+    assert (metadata["quota_used"], metadata["queue/failed"], metadata["queue/pending"]) == (
+        5,
+        5,
+        3,
+    )
+    assert (
+        states(sqlite_engine)
+        == {
+            **{sku: ("failed", outcome, 1) for sku in skus[:5]},  # the best-ranked five
+            **{sku: ("pending", None, 0) for sku in skus[5:]},  # never called
+        }
+    )
+    assert ledger(sqlite_engine) == [(f"ISRC-{sku}", ledger_status) for sku in skus[:5]]
+    assert sum(provider.calls.values()) == (5 if answers else 0)
+
+
+def test_only_failures_in_a_row_count_towards_the_stop_whatever_their_kind(engine, local_bucket):
+    """Four failures, then a usable answer (a 404) starts the count again; five more of
+    mixed kinds (5xx and timeouts) in a row then stop the pass after ten calls."""
+    plan = [
+        ("A", [status(500)]),
+        ("B", [status(502)]),
+        ("C", [HANG]),
+        ("D", [status(503)]),
+        ("E", []),  # unscripted: 404, no data, a usable answer
+        ("F", [status(500)]),
+        ("G", [HANG]),
+        ("H", [status(504)]),
+        ("I", [HANG]),
+        ("J", [status(500)]),
+        ("K", [history(4)]),
+        ("L", [history(5)]),
+    ]
+    ingest_scrape(
+        local_bucket,
+        engine,
+        [(sku, 1000 - number, f"ISRC-{sku}") for number, (sku, _) in enumerate(plan)],
+    )
+    with scripted_provider() as provider, dg.instance_for_test() as instance:
+        for sku, answers in plan:
+            if answers:
+                provider.script(f"ISRC-{sku}", *answers)
+        metadata = run_pass(instance, resources(engine, provider, daily_quota=100), T0)
+
+    assert (metadata["calls"], metadata["stopped_by"]) == (10, "provider_failing")
+    assert drained(metadata) == {"server_error": 6, "timeout": 3, "no_data": 1}
+    assert [external_id for external_id, _ in ledger(engine)] == [
+        f"ISRC-{sku}" for sku, _ in plan[:10]
+    ]
+    after = states(engine)
+    assert after["E"] == ("done", "no_data", 1)
+    assert after["K"] == after["L"] == ("pending", None, 0)
 
 
 def test_an_external_id_is_one_path_segment():

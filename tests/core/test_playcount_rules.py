@@ -21,12 +21,14 @@ from catalog_pipeline.core.playcount import (
     TIMEOUT,
     UNREACHABLE,
     BackfillPolicy,
+    Claim,
     HistoryError,
     ProviderResponse,
     Reading,
     can_call,
     classify,
     day_bounds,
+    drain,
     fixed_clock,
     parse_history,
     parse_moment,
@@ -150,3 +152,61 @@ def test_policy_lease_and_attempts_cap():
 def test_the_injectable_clock_reads_utc():
     assert fixed_clock(datetime(2026, 1, 1, 5))() == datetime(2026, 1, 1, 5, tzinfo=UTC)
     assert parse_moment("2026-01-01T06:00:00+01:00") == datetime(2026, 1, 1, 5, tzinfo=UTC)
+
+
+class ListQueue:
+    """The `DrainStore` contract over a list: rows claimed in order, outcomes recorded."""
+
+    def __init__(self, external_ids: list[str]) -> None:
+        self.pending = list(external_ids)
+        self.recorded: list[tuple[str, str]] = []
+
+    def claim(self, now: datetime, daily_quota: int) -> Claim | None:
+        if not self.pending or not can_call(daily_quota, self.quota_used(now)):
+            return None
+        number = len(self.recorded)
+        return Claim(number, number, self.pending.pop(0), 1, number)
+
+    def quota_used(self, now: datetime) -> int:
+        return len(self.recorded)
+
+    def record(self, claim, response, decision, now) -> int:
+        self.recorded.append((claim.external_id, decision.outcome))
+        return len(decision.readings)
+
+
+REFUSED = ProviderResponse(None, error="connection refused")
+ANSWERS = {
+    "5xx": ProviderResponse(503),
+    "timeout": ProviderResponse(None, timed_out=True),
+    "408": ProviderResponse(408),
+    "refused": REFUSED,
+    "404": ProviderResponse(404),
+    "ok": ProviderResponse(200, HISTORY),
+    "unusable": ProviderResponse(200, b"<html>"),
+}
+
+
+def drain_script(script: list[str], **options) -> tuple:
+    queue = ListQueue([f"{number}:{answer}" for number, answer in enumerate(script)])
+    report = drain(queue, lambda external_id: ANSWERS[external_id.split(":")[1]], 1000, **options)
+    return report.calls, report.stopped_by, [outcome for _, outcome in queue.recorded]
+
+
+def test_five_calls_in_a_row_without_an_answer_stop_the_pass_by_default():
+    outage = ["5xx", "timeout", "408", "refused", "5xx", "5xx", "ok"]
+    assert drain_script(outage)[:2] == (5, "provider_failing")
+    # Any answer that is not a transport failure starts the count again, even an unusable one.
+    for answer in ("ok", "404", "unusable"):
+        script = ["5xx"] * 4 + [answer] + ["timeout"] * 4 + ["ok"]
+        assert drain_script(script)[:2] == (10, "queue_empty")
+    assert drain_script(["refused"] * 4 + ["404"] + ["refused"] * 6)[:2] == (
+        10,
+        "provider_failing",
+    )
+    assert drain_script(outage, max_consecutive_failures=2)[:2] == (2, "provider_failing")
+    assert drain_script(outage, max_consecutive_failures=0) == (
+        7,
+        "queue_empty",
+        ["server_error", "timeout", "timeout", "unreachable", "server_error", "server_error", "ok"],
+    )

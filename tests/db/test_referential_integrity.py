@@ -11,13 +11,14 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 
 from catalog_pipeline.core.samples import sample_csv
 from catalog_pipeline.db.engine import (
+    MIGRATIONS,
     alembic_config,
     current_revision,
-    head_revision,
     make_engine,
     upgrade,
 )
@@ -138,7 +139,7 @@ def test_sqlite_migration_refuses_broken_references_before_touching_anything(tmp
         assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
         connection.exec_driver_sql("DELETE FROM invalid_item_logs")
     upgrade(engine)  # once fixed, the same database migrates
-    assert current_revision(engine) == head_revision()
+    assert current_revision(engine) == ScriptDirectory(str(MIGRATIONS)).get_current_head()
     engine.dispose()
 
 

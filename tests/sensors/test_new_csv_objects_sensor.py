@@ -12,7 +12,12 @@ from catalog_pipeline.core.samples import sample_csv
 from catalog_pipeline.db.tables import source_files
 from catalog_pipeline.ingest import ingest_object
 from catalog_pipeline.resources.catalog import BucketResource, CatalogDatabase, IngestSettings
-from catalog_pipeline.sensors.objects import build_new_csv_objects_sensor, run_key
+from catalog_pipeline.sensors.objects import (
+    ETAG_TAG,
+    OBJECT_KEY_TAG,
+    build_new_csv_objects_sensor,
+    run_key,
+)
 
 GOOD = sample_csv(5, seed=3)
 
@@ -42,10 +47,23 @@ class CountingBucketResource(BucketResource):
         return Counting()
 
 
+def ingested_versions(engine) -> set[tuple[str, str]]:
+    """The (object_key, etag) versions `source_files` holds."""
+    with engine.connect() as connection:
+        return {
+            (row.object_key, row.etag)
+            for row in connection.execute(select(source_files.c.object_key, source_files.c.etag))
+        }
+
+
 @pytest.fixture
 def tick(local_bucket, sqlite_engine):
     """Evaluate a sensor like the daemon does: apply its partition requests, keep its cursor,
-    and launch nothing twice for one run key."""
+    and launch nothing twice for one run key.
+
+    The daemon's run-key deduplication would hide a sensor that asks again for what is
+    done, so every tick checks that the sensor itself requested no object version that
+    was already ingested before the tick (its `source_files` row and its partition exist)."""
     state = {"cursor": None, "run_keys": set()}
     LISTED.clear()
     resources = {
@@ -59,7 +77,16 @@ def tick(local_bucket, sqlite_engine):
         context = dg.build_sensor_context(
             instance=instance, cursor=state["cursor"], resources=resources
         )
+        done = ingested_versions(sqlite_engine)
+        partitions = set(instance.get_dynamic_partitions(source_csvs.name))
         result = sensor(context)
+        asked_again = [
+            request.run_key
+            for request in result.run_requests
+            if (request.tags[OBJECT_KEY_TAG], request.tags[ETAG_TAG]) in done
+            and request.partition_key in partitions
+        ]
+        assert asked_again == [], f"ingested versions requested again: {asked_again}"
         for request in result.dynamic_partitions_requests:
             instance.add_dynamic_partitions(
                 request.partitions_def_name, list(request.partition_keys)
@@ -106,11 +133,36 @@ def test_a_reupload_with_a_new_etag_is_requested_again(tick, local_bucket, sqlit
         (request,), _ = tick(instance)
         assert request.run_key == run_key(partition_key_for(key), first_version.etag)
         ingest_object(local_bucket, sqlite_engine, key, 1024)  # what the run does
-        assert tick(instance)[0] == []  # ingested: nothing more to do
+        assert tick(instance)[1].run_requests == []  # ingested: not asked for at all
         second_version = local_bucket.put(key, sample_csv(6, seed=4))
         (again,), _ = tick(instance)
         assert again.run_key == run_key(partition_key_for(key), second_version.etag)
         assert again.partition_key == request.partition_key
+
+
+def test_ingested_versions_are_never_requested_again_in_any_later_sweep(
+    tick, local_bucket, sqlite_engine
+):
+    keys = [f"shop{number}_2026-11-0{number}T06-00-00.csv" for number in range(1, 6)]
+    for number, key in enumerate(keys):
+        local_bucket.put(key, sample_csv(5, seed=number))
+    sensor = build_new_csv_objects_sensor(scan_limit=2)
+    with dg.instance_for_test() as instance:
+        requested = []
+        for _ in range(3):  # one sweep: 2 + 2 + 1 objects
+            requested += tick(instance, sensor)[1].run_requests
+        assert keys_of(requested) == sorted(keys)
+        for key in keys[:4]:
+            ingest_object(local_bucket, sqlite_engine, key, 1024)  # what the runs do
+        # Three more sweeps: only the one version not yet ingested is asked for, once each.
+        later = [r for _ in range(9) for r in tick(instance, sensor)[1].run_requests]
+        assert keys_of(later) == [keys[4]] * 3
+
+    # A fresh Dagster instance has none of the partitions: what the catalog holds is
+    # requested again there (the re-ingest is a no-op on the catalog).
+    with dg.instance_for_test() as fresh:
+        again = [r for _ in range(3) for r in tick(fresh, sensor)[1].run_requests]
+        assert keys_of(again) == sorted(keys)
 
 
 def test_empty_and_unreadable_objects_are_rejected_without_stopping_the_tick(
