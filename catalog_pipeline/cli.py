@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -12,6 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 from catalog_pipeline import settings
+from catalog_pipeline.core.chunking import MIN_CHUNK_BYTES
 
 if TYPE_CHECKING:
     import dagster as dg
@@ -42,9 +44,24 @@ class FileResult:
     rejected_reason: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class SkippedObject:
+    """An object in the bucket that is not ingested, and why (hidden, not a CSV)."""
+
+    key: str
+    reason: str
+
+
 # Exit statuses: every file completed or was rejected as invalid input; a file failed;
 # the command could not run at all (usage, configuration, unreachable bucket or database).
 EXIT_OK, EXIT_FILE_FAILED, EXIT_UNUSABLE = 0, 1, 2
+# A chunk is one step's work, its byte range read into the step's memory whole: 2 GiB
+# (32 times the default) is the most one step is asked to hold. Sizes down to 1 KiB stay
+# allowed: tests use them to put many chunk boundaries in small files.
+MAX_CHUNK_BYTES = 2 * 1024**3
+CHUNK_BYTES_RANGE = "from 1KiB (1,024 bytes) to 2GiB (2,147,483,648 bytes)"
+_SIZE = re.compile(r"([0-9]+)\s*(B|KiB|MiB|GiB)?", re.IGNORECASE)
+_SIZE_UNITS = {"b": 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
 
 
 class UsageError(Exception):
@@ -77,7 +94,11 @@ def _parser() -> argparse.ArgumentParser:
         "ingest", help="ingest every CSV in the bucket through the Dagster job, in-process"
     )
     _add_target_options(ingest)
-    ingest.add_argument("--json", action="store_true", help="print a JSON summary only")
+    ingest.add_argument(
+        "--json",
+        action="store_true",
+        help='print a JSON summary only: {"files": [...], "skipped": [{"key", "reason"}]}',
+    )
 
     demo = commands.add_parser("demo", help="write sample scrapes to the bucket and ingest them")
     _add_target_options(demo)
@@ -122,11 +143,20 @@ def _run(arguments: argparse.Namespace) -> int:
         )
     if arguments.command == "demo":
         _write_demo(arguments.rows, quiet=arguments.json)
-    results = ingest_bucket(progress=not arguments.json or sys.stderr.isatty())
+    results, skipped = ingest_bucket(progress=not arguments.json or sys.stderr.isatty())
     if arguments.json:
-        print(json.dumps({"files": [asdict(result) for result in results]}))
+        print(
+            json.dumps(
+                {
+                    "files": [asdict(result) for result in results],
+                    "skipped": [asdict(entry) for entry in skipped],
+                }
+            )
+        )
     else:
         print(format_summary(results))
+        if skipped:
+            print(format_skipped(skipped))
         if arguments.command == "demo":
             print(DEMO_HINT.format(database=_database_description()))
     failed = [result for result in results if result.status == "failed"]
@@ -146,11 +176,12 @@ def _run(arguments: argparse.Namespace) -> int:
 def _explain(error: BaseException) -> tuple[str, str]:
     """A sentence for an error that stopped the command, and what to do next."""
     from catalog_pipeline.core.alerts import redact_secrets
+    from catalog_pipeline.core.bucket import BucketError
     from catalog_pipeline.core.errors import is_configuration_error, is_transient, root_cause
 
     # Our own sentences show URLs without passwords; a library's may quote one whole.
     message = str(error) if isinstance(error, UsageError) else redact_secrets(root_cause(error))
-    if isinstance(error, UsageError | ValueError):
+    if isinstance(error, UsageError | ValueError | BucketError):
         hint = "Check the command line and the CATALOG_* settings (see docs/operations.md)."
     elif is_configuration_error(error):
         hint = (
@@ -174,19 +205,59 @@ def _add_target_options(parser: argparse.ArgumentParser) -> None:
         f"{settings.DEFAULTS[settings.BUCKET_URL]})",
     )
     parser.add_argument("--database-url", help=f"default: ${settings.DATABASE_URL} or SQLite")
-    parser.add_argument("--chunk-bytes", type=int, help="target chunk size (default 64 MiB)")
+    parser.add_argument(
+        "--chunk-bytes",
+        metavar="SIZE",
+        help="target chunk size: bytes (65536) or a size like 512KiB, 64MiB, 1GiB, "
+        f"{CHUNK_BYTES_RANGE} (default: ${settings.CHUNK_BYTES}, in bytes, or 64MiB)",
+    )
 
 
 def _apply_overrides(arguments: argparse.Namespace) -> None:
-    """Command-line values become the environment the Dagster resources read."""
+    """Command-line values become the environment the Dagster resources read; a chunk
+    size, from either, is checked first."""
+    chunk_bytes = getattr(arguments, "chunk_bytes", None)
     overrides = {
         settings.BUCKET_URL: getattr(arguments, "bucket", None),
         settings.DATABASE_URL: getattr(arguments, "database_url", None),
-        settings.CHUNK_BYTES: getattr(arguments, "chunk_bytes", None),
+        settings.CHUNK_BYTES: None if chunk_bytes is None else parse_chunk_bytes(chunk_bytes),
     }
+    if chunk_bytes is None and arguments.command != "db" and os.environ.get(settings.CHUNK_BYTES):
+        # The resources read the variable as an integer, in this process and in
+        # `dagster dev` alike: a size with a unit would work here and fail there.
+        parse_chunk_bytes(
+            os.environ[settings.CHUNK_BYTES],
+            f"${settings.CHUNK_BYTES}",
+            units=False,
+        )
     for name, value in overrides.items():
         if value is not None:
             os.environ[name] = str(value)
+
+
+def parse_chunk_bytes(text: str, source: str = "--chunk-bytes", *, units: bool = True) -> int:
+    """The chunk size `text` gives: a whole number of bytes or (with `units`) a size like
+    64MiB. `UsageError` naming `source`, the value and the allowed range when it is not a
+    size from 1 KiB to 2 GiB: no size is clamped in silence."""
+    match = _SIZE.fullmatch(text.strip())
+    if match is None:
+        form = "a whole number of bytes" + (" or a size like 512KiB, 64MiB or 1GiB" * units)
+        raise UsageError(f"{source} {text!r} is not a size: give {form}, {CHUNK_BYTES_RANGE}")
+    value = int(match[1]) * _SIZE_UNITS[(match[2] or "B").lower()]
+    if match[2] and not units:
+        raise UsageError(
+            f"{source} {text!r} has a unit, but it is read as a whole number of bytes "
+            f"(by the Dagster resources too): write {value}; sizes run {CHUNK_BYTES_RANGE}"
+        )
+    if value < MIN_CHUNK_BYTES:
+        problem = "is not a positive size" if value == 0 else "is below the smallest chunk"
+    elif value > MAX_CHUNK_BYTES:
+        problem = "is above what one step can hold"
+    else:
+        return value
+    raise UsageError(
+        f"{source} {text!r} ({value:,} bytes) {problem}: give a size {CHUNK_BYTES_RANGE}"
+    )
 
 
 def _upgrade() -> int:
@@ -239,23 +310,20 @@ def _bucket():
     ).open()
 
 
-def ingest_bucket(progress: bool = True) -> list[FileResult]:
-    """Ingest every CSV object of the bucket, one `catalog_ingest_job` run per object.
+def ingest_bucket(progress: bool = True) -> tuple[list[FileResult], list[SkippedObject]]:
+    """Ingest every CSV object of the bucket, one `catalog_ingest_job` run per object;
+    return their results and the objects skipped (hidden, not a CSV), with the reason.
 
     Runs go to the instance in `DAGSTER_HOME` when it is set (so they show in the UI),
     else to an ephemeral instance. A run that fails leaves its file `failed` with the
     root cause (and alerts, once), exactly as the run-failure sensor does for runs the
     daemon sees; the other files go on.
     """
-    from catalog_pipeline.core.naming import is_csv_key
     from catalog_pipeline.core.retry import retrying
 
     session = ingest_session()
     bucket = session.bucket
-    objects = retrying(
-        lambda: [info for info in bucket.list_objects() if is_csv_key(info.key)],
-        f"listing {bucket.url}",
-    )
+    objects, skipped = retrying(lambda: list_bucket(bucket), f"listing {bucket.url}")
     session.add_partitions(objects)
     results = []
     for number, info in enumerate(objects, 1):
@@ -270,7 +338,21 @@ def ingest_bucket(progress: bool = True) -> list[FileResult]:
                 file=sys.stderr,
                 flush=True,
             )
-    return results
+    return results, skipped
+
+
+def list_bucket(bucket: Bucket) -> tuple[list[ObjectInfo], list[SkippedObject]]:
+    """The bucket's CSV objects to ingest, and every other object with why it is skipped."""
+    from catalog_pipeline.core.naming import skip_reason
+
+    objects, skipped = [], []
+    for info in bucket.list_objects(include_hidden=True):
+        reason = skip_reason(info.key, hidden=bucket.is_hidden(info.key))
+        if reason is None:
+            objects.append(info)
+        else:
+            skipped.append(SkippedObject(info.key, reason))
+    return objects, skipped
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,6 +391,7 @@ def ingest_session() -> IngestSession:
     """Set up the ingest runs of this process (see `ingest_bucket`)."""
     import dagster as dg
 
+    from catalog_pipeline.core.retry import retrying
     from catalog_pipeline.db.engine import make_engine
     from catalog_pipeline.definitions import build_definitions
     from catalog_pipeline.jobs import INGEST_JOB
@@ -321,6 +404,9 @@ def ingest_session() -> IngestSession:
     _checked_engine(make_engine)
     catalog_db = CatalogDatabase(url=settings.setting(settings.DATABASE_URL))
     engine = catalog_db.engine()
+    # A bucket that does not exist is a usage error (the database is checked first, so a
+    # wrong database URL is named even when the default bucket folder is not there yet).
+    retrying(bucket.check, f"checking {bucket.url}")
     instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else None
     instance = instance or dg.DagsterInstance.ephemeral()
     # Step failures are reported below with their root cause; Dagster's own lines for
@@ -407,6 +493,19 @@ def format_summary(results: list[FileResult]) -> str:
         f"{len(results)} files, {total:,} rows, {valid:,} valid, {total - valid:,} invalid"
     )
     return "\n".join(lines)
+
+
+def format_skipped(skipped: list[SkippedObject]) -> str:
+    """One line: how many objects were skipped, why, and the first few keys."""
+    counts: dict[str, int] = {}
+    for entry in skipped:
+        kind = "hidden" if entry.reason.startswith("hidden") else entry.reason.split(":")[0]
+        counts[kind] = counts.get(kind, 0) + 1
+    kinds = ", ".join(f"{count} {kind}" for kind, count in counts.items())
+    keys = ", ".join(entry.key for entry in skipped[:5])
+    more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+    noun = "object" if len(skipped) == 1 else "objects"
+    return f"{len(skipped)} {noun} skipped ({kinds}): {keys}{more}; --json gives each reason"
 
 
 def _write_demo(large_rows: int, quiet: bool) -> None:

@@ -12,6 +12,7 @@ from typing import Protocol
 from urllib.parse import urlparse
 
 from catalog_pipeline.core.errors import ObjectChangedError, PermanentError
+from catalog_pipeline.core.naming import is_hidden_key
 
 DEFAULT_BUCKET_URL = "file://./data/bucket"
 BLOCK_BYTES = 8 * 1024 * 1024
@@ -31,6 +32,10 @@ class BucketError(PermanentError):
     """The bucket URL is invalid, or a key escapes the bucket."""
 
 
+class BucketMissingError(BucketError):
+    """The bucket itself does not exist: no such S3 bucket, or no such local folder."""
+
+
 class ObjectMissingError(BucketError):
     """The object does not exist (deleted, or never written)."""
 
@@ -42,7 +47,17 @@ class ObjectMissingError(BucketError):
 class Bucket(Protocol):
     url: str
 
-    def list_objects(self, start_after: str | None = None) -> Iterator[ObjectInfo]: ...
+    def check(self) -> None:
+        """Raise `BucketMissingError` when the bucket does not exist."""
+        ...
+
+    def is_hidden(self, key: str) -> bool:
+        """Whether `list_objects` leaves the key out unless asked to include hidden keys."""
+        ...
+
+    def list_objects(
+        self, start_after: str | None = None, *, include_hidden: bool = False
+    ) -> Iterator[ObjectInfo]: ...
 
     def head(self, key: str) -> ObjectInfo: ...
 
@@ -69,7 +84,8 @@ class LocalBucket:
     """A folder as a bucket. Keys are '/'-separated paths below the folder.
 
     The ETag is size and modification time (like a web server's), so HEAD stays cheap on
-    large files; a rewrite changes it.
+    large files; a rewrite changes it. Files whose name starts with '.' are hidden: they
+    are editors' and the system's files, and `put`'s unfinished writes (`.<name>.tmp`).
     """
 
     def __init__(self, root: Path) -> None:
@@ -91,13 +107,28 @@ class LocalBucket:
             last_modified=datetime.fromtimestamp(stat.st_mtime, UTC),
         )
 
-    def list_objects(self, start_after: str | None = None) -> Iterator[ObjectInfo]:
+    def check(self) -> None:
         if not self.root.exists():
+            raise BucketMissingError(f"bucket folder {self.root} does not exist")
+        if not self.root.is_dir():
+            raise BucketMissingError(f"bucket folder {self.root} is a file, not a folder")
+
+    def is_hidden(self, key: str) -> bool:
+        return is_hidden_key(key)
+
+    def list_objects(
+        self, start_after: str | None = None, *, include_hidden: bool = False
+    ) -> Iterator[ObjectInfo]:
+        """Objects in key order. A folder that does not exist lists nothing: the sensor of
+        a fresh `dagster dev` watches one that nothing has written yet (`check` is for
+        a user who named the folder)."""
+        if not self.root.is_dir():
             return
+        files = (path for path in self.root.rglob("*") if path.is_file())
         keys = sorted(
-            path.relative_to(self.root).as_posix()
-            for path in self.root.rglob("*")
-            if path.is_file() and not path.name.startswith(".")
+            key
+            for key in (path.relative_to(self.root).as_posix() for path in files)
+            if include_hidden or not self.is_hidden(key)
         )
         for key in keys:
             if start_after is not None and key <= start_after:
@@ -161,14 +192,48 @@ class S3Bucket:
     def _info(self, key: str, etag: str, size: int, last_modified: datetime) -> ObjectInfo:
         return ObjectInfo(key=key, etag=etag.strip('"'), size=size, last_modified=last_modified)
 
-    def list_objects(self, start_after: str | None = None) -> Iterator[ObjectInfo]:
+    def _missing(self, error: Exception) -> BucketMissingError | None:
+        """Our error for S3's "no such bucket" answer; None for any other."""
+        response = getattr(error, "response", None) or {}
+        if response.get("Error", {}).get("Code") != "NoSuchBucket":
+            return None
+        return BucketMissingError(
+            f"bucket {self.bucket!r} does not exist at {self.client.meta.endpoint_url}"
+        )
+
+    def check(self) -> None:
+        """One listing call, with the permission the ingest needs anyway."""
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1)
+        except ClientError as error:
+            if (missing := self._missing(error)) is None:
+                raise
+            raise missing from None
+
+    def is_hidden(self, key: str) -> bool:
+        return False  # writes are atomic: no partial objects to hide, and no hidden files
+
+    def list_objects(
+        self, start_after: str | None = None, *, include_hidden: bool = False
+    ) -> Iterator[ObjectInfo]:
+        from botocore.exceptions import ClientError
+
         paginator = self.client.get_paginator("list_objects_v2")
         arguments = {"Bucket": self.bucket, "Prefix": self.prefix}
         if start_after:
             arguments["StartAfter"] = start_after
-        for page in paginator.paginate(**arguments):
-            for entry in page.get("Contents", []):
-                yield self._info(entry["Key"], entry["ETag"], entry["Size"], entry["LastModified"])
+        try:
+            for page in paginator.paginate(**arguments):
+                for entry in page.get("Contents", []):
+                    yield self._info(
+                        entry["Key"], entry["ETag"], entry["Size"], entry["LastModified"]
+                    )
+        except ClientError as error:
+            if (missing := self._missing(error)) is None:
+                raise
+            raise missing from None
 
     def head(self, key: str) -> ObjectInfo:
         from botocore.exceptions import ClientError

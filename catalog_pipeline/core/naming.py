@@ -23,9 +23,35 @@ class ObjectName:
     observed_at: datetime
 
 
+HIDDEN_REASON = "hidden file (name starts with '.')"
+
+
 def is_csv_key(key: str) -> bool:
     """True for keys that name a CSV object (folders and other files are ignored)."""
     return key.lower().endswith(".csv") and not key.endswith("/")
+
+
+def is_hidden_key(key: str) -> bool:
+    """True for keys whose file name starts with '.': hidden files, editors' and the
+    system's files, and a local bucket's unfinished writes (`.<name>.tmp`)."""
+    return key.rsplit("/", 1)[-1].startswith(".")
+
+
+def skip_reason(key: str, *, hidden: bool = False) -> str | None:
+    """Why a listed object is not ingested, or None for a CSV object to ingest.
+
+    `hidden` says the bucket hides the key (a local folder hides dot-files, see
+    `LocalBucket`); the reason then says so whatever the name ends in.
+    """
+    if hidden:
+        if key.endswith(".tmp"):
+            return f"{HIDDEN_REASON}: an unfinished write or another program's temporary file"
+        return HIDDEN_REASON
+    if key.endswith("/"):
+        return "not a CSV: a folder marker (the key ends in '/')"
+    if not is_csv_key(key):
+        return "not a CSV: the name does not end in '.csv'"
+    return None
 
 
 def parse_object_key(key: str, last_modified: datetime) -> ObjectName:
