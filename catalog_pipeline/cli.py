@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 from catalog_pipeline import settings
-from catalog_pipeline.core.chunking import MIN_CHUNK_BYTES
+from catalog_pipeline.core.chunking import MAX_CHUNK_BYTES, MIN_CHUNK_BYTES
 
 if TYPE_CHECKING:
     import dagster as dg
@@ -58,7 +58,6 @@ EXIT_OK, EXIT_FILE_FAILED, EXIT_UNUSABLE = 0, 1, 2
 # A chunk is one step's work, its byte range read into the step's memory whole: 2 GiB
 # (32 times the default) is the most one step is asked to hold. Sizes down to 1 KiB stay
 # allowed: tests use them to put many chunk boundaries in small files.
-MAX_CHUNK_BYTES = 2 * 1024**3
 CHUNK_BYTES_RANGE = "from 1KiB (1,024 bytes) to 2GiB (2,147,483,648 bytes)"
 _SIZE = re.compile(r"([0-9]+)\s*(B|KiB|MiB|GiB)?", re.IGNORECASE)
 _SIZE_UNITS = {"b": 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3}

@@ -7,6 +7,7 @@ import os
 import dagster as dg
 
 from catalog_pipeline.assets.partitions import source_csvs
+from catalog_pipeline.core.chunking import checked_chunk_bytes
 from catalog_pipeline.observability import logger_run_config
 
 INGEST_JOB = "catalog_ingest_job"
@@ -37,6 +38,7 @@ def executor_run_config(
     29.3-35.3 s where 2 took 32.9-38.9 s. The core path without Dagster gains nothing
     from a third worker (its workers never restart), so this is Dagster's step start.
     """
+    checked_chunk_bytes(chunk_bytes)  # a clear error, not a division by zero
     logs = logger_run_config()  # JSON run logs when CATALOG_LOG_FORMAT=json
     if size <= IN_PROCESS_MAX_CHUNKS * chunk_bytes:
         return {"execution": {"config": {"in_process": {}}}, **logs}

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from catalog_pipeline.core.errors import HeaderError
+from catalog_pipeline.core.errors import HeaderError, PermanentError
 from catalog_pipeline.core.records import CR, UTF8_BOM, RecordScanner
 
 # Each chunk is a Dagster step, which costs about 0.2 s to start (fork, instance, cold
@@ -29,6 +29,7 @@ from catalog_pipeline.core.records import CR, UTF8_BOM, RecordScanner
 # share of the step while a step stays near 600 MB. Spark reads 128 MB splits.
 DEFAULT_CHUNK_BYTES = 64 * 1024 * 1024
 MIN_CHUNK_BYTES = 1024
+MAX_CHUNK_BYTES = 2 * 1024**3  # what one step holds in memory (a chunk is read whole)
 MAX_HEADER_BYTES = 1024 * 1024
 
 
@@ -73,6 +74,24 @@ class _Planner:
     record_count: int = 0
 
 
+class ChunkSizeError(PermanentError, ValueError):
+    """The target chunk size is not one a step can work with."""
+
+
+def checked_chunk_bytes(value: int) -> int:
+    """`value` if it is a chunk size from 1 KiB to 2 GiB; `ChunkSizeError` otherwise. Never
+    clamped in silence: a 0 meant as "default" or a typo must not become 1 KiB chunks."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ChunkSizeError(f"chunk size {value!r} is not a whole number of bytes")
+    if not MIN_CHUNK_BYTES <= value <= MAX_CHUNK_BYTES:
+        raise ChunkSizeError(
+            f"chunk size {value:,} bytes is outside {MIN_CHUNK_BYTES:,} (1 KiB) .. "
+            f"{MAX_CHUNK_BYTES:,} (2 GiB): set CATALOG_CHUNK_BYTES (or the ingest_settings "
+            "resource's chunk_bytes) to a size in that range"
+        )
+    return value
+
+
 def plan_chunks(
     blocks: Iterable[bytes], size: int, target_chunk_bytes: int = DEFAULT_CHUNK_BYTES
 ) -> ChunkPlan:
@@ -81,9 +100,9 @@ def plan_chunks(
     Raises `HeaderError` for an empty object, an undecodable or unterminated header, or a
     header over 1 MiB.
     """
+    target = checked_chunk_bytes(target_chunk_bytes)
     if size == 0:
         raise HeaderError("the object is empty (0 bytes): there is no header")
-    target = max(int(target_chunk_bytes), MIN_CHUNK_BYTES)
     planner = _Planner(target=target, size=size, scanner=RecordScanner(), header_bytes=bytearray())
     planner.boundaries = []
     offset = 0

@@ -228,12 +228,14 @@ def test_undecodable_record_is_an_encoding_error_and_neighbours_survive():
 
 def test_record_with_a_nul_byte_is_an_encoding_error_and_neighbours_survive():
     # NUL is valid UTF-8 but no Postgres text holds it: refused alike on every database.
-    data = b'sku,name\na,ok\nb,n\x00l\nc,"quoted\nfine"\n'
-    for chunk_bytes in (1024, 4):  # one chunk with the NUL, or a chunk per record
-        _, records = _read_all(data, chunk_bytes, [64])
+    pad = b"x" * 1100  # records longer than the smallest chunk (1 KiB)
+    data = b"sku,name\na,ok" + pad + b"\nb,n\x00l" + pad + b'\nc,"quoted\nfine' + pad + b'"\n'
+    for chunk_bytes in (1 << 20, 1024):  # one chunk with the NUL, or a chunk per record
+        plan, records = _read_all(data, chunk_bytes, [64])
+        assert len(plan.chunks) == (1 if chunk_bytes > 1024 else 3)
         assert [r.error for r in records] == [None, ENCODING_ERROR, None]
         assert records[1].offset == data.index(b"b,n")
-        assert records[2].fields == ["c", "quoted\nfine"]
+        assert records[2].fields == ["c", "quoted\nfine" + pad.decode()]
 
 
 def test_undecodable_header_is_rejected_with_its_offset():
@@ -321,3 +323,18 @@ def test_loop_free_quote_scan_is_taken_for_regular_quotes():
     stray = b'a,b"c\n'  # a quote inside an unquoted field is literal: walked
     quotes = np.flatnonzero(np.frombuffer(stray, np.uint8) == ord('"'))
     assert RecordScanner()._alternating(np.frombuffer(stray, np.uint8), quotes) is None
+
+
+@pytest.mark.parametrize("chunk_bytes", [0, -5, 1023, 2 * 1024**3 + 1, 10**20, 64.5, True])
+def test_a_chunk_size_outside_1_kib_to_2_gib_is_refused_never_clamped(chunk_bytes):
+    from catalog_pipeline.core.chunking import ChunkSizeError
+
+    data = b"sku,name\na,b\n"
+    with pytest.raises(ChunkSizeError, match="chunk size"):
+        plan_chunks([data], len(data), chunk_bytes)
+
+
+def test_the_smallest_and_largest_chunk_sizes_are_allowed():
+    data = b"sku,name\na,b\n"
+    for chunk_bytes in (1024, 2 * 1024**3):
+        assert plan_chunks([data], len(data), chunk_bytes).record_count == 1
