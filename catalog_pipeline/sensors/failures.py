@@ -136,7 +136,14 @@ def record_failed_run(
     )
 
 
-def _log(context, run: dg.DagsterRun, recorded: RecordedFailure | None) -> None:
+def _record_from_sensor(
+    context, reason: str, catalog_db: CatalogDatabase, bucket: BucketResource
+) -> None:
+    """A run-status sensor's work: record the run's failure within the sensor's budget."""
+    run = context.dagster_run
+    recorded = record_failed_run(
+        context.instance, run, reason, catalog_db, bucket, sensor_retry_policy()
+    )
     if recorded is None:
         return
     context.log.info(
@@ -155,12 +162,7 @@ def _log(context, run: dg.DagsterRun, recorded: RecordedFailure | None) -> None:
 def ingest_run_failure_sensor(
     context: dg.RunFailureSensorContext, catalog_db: CatalogDatabase, bucket: BucketResource
 ) -> None:
-    run = context.dagster_run
-    reason = context.failure_event.message or ""
-    recorded = record_failed_run(
-        context.instance, run, reason, catalog_db, bucket, sensor_retry_policy()
-    )
-    _log(context, run, recorded)
+    _record_from_sensor(context, context.failure_event.message or "", catalog_db, bucket)
 
 
 @dg.run_status_sensor(
@@ -174,12 +176,8 @@ def ingest_run_failure_sensor(
 def ingest_run_canceled_sensor(
     context: dg.RunStatusSensorContext, catalog_db: CatalogDatabase, bucket: BucketResource
 ) -> None:
-    run = context.dagster_run
-    reason = f"run {run.run_id} was cancelled before the file was complete"
-    recorded = record_failed_run(
-        context.instance, run, reason, catalog_db, bucket, sensor_retry_policy()
-    )
-    _log(context, run, recorded)
+    reason = f"run {context.dagster_run.run_id} was cancelled before the file was complete"
+    _record_from_sensor(context, reason, catalog_db, bucket)
 
 
 RECONCILE_AFTER = timedelta(minutes=2)

@@ -7,8 +7,6 @@ ledger helpers on their own."""
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import sqlite3
@@ -17,8 +15,7 @@ import dagster as dg
 import pytest
 from sqlalchemy import Engine, event, select
 
-from catalog_pipeline.assets.classifications import item_classifications, reclassify_catalog_job
-from catalog_pipeline.assets.partitions import partition_key_for, source_csvs
+from catalog_pipeline.assets.classifications import reclassify_catalog_job
 from catalog_pipeline.core.classification import KeywordClassifier
 from catalog_pipeline.core.retry import RetryPolicy, retrying
 from catalog_pipeline.db.derivation_failures import (
@@ -31,9 +28,10 @@ from catalog_pipeline.db.derivation_failures import (
     record_failures,
 )
 from catalog_pipeline.db.tables import catalog_items, derivation_failures, utcnow
-from catalog_pipeline.ingest import ingest_object
 from catalog_pipeline.resources.catalog import CatalogDatabase
 from catalog_pipeline.resources.classifier import ClassifierResource
+from tests.assets.test_item_classifications import classify, ingest
+from tests.assets.test_item_classifications import csv_bytes as item_csv_bytes
 from tests.chat_server import ChatServer, scraper_category
 
 PRODUCTS = [
@@ -59,20 +57,7 @@ def fails_on_hoses(item: dict) -> dict:
 
 
 def csv_bytes(changed: dict[int, str] | None = None) -> bytes:
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["sku", "name", "brand", "category", "description", "url"])
-    for index, (name, brand, category, description) in enumerate(PRODUCTS):
-        description = (changed or {}).get(index, description)
-        url = f"https://shop.example.com/p/{index}"
-        writer.writerow([f"P-{index:03d}", name, brand, category, description, url])
-    return out.getvalue().encode()
-
-
-def ingest(local_bucket, engine: Engine, instance: dg.DagsterInstance, key: str, data: bytes):
-    local_bucket.put(key, data)
-    ingest_object(local_bucket, engine, key, chunk_bytes=1024)
-    instance.add_dynamic_partitions(source_csvs.name, [partition_key_for(key)])
+    return item_csv_bytes(PRODUCTS, changed=changed)
 
 
 def openai(server: ChatServer) -> ClassifierResource:
@@ -83,26 +68,6 @@ def openai(server: ChatServer) -> ClassifierResource:
         batch_size=3,
         max_retries=1,
         backoff_seconds=0.01,
-    )
-
-
-def classify(
-    engine: Engine,
-    instance: dg.DagsterInstance,
-    key: str,
-    classifier: ClassifierResource,
-    **config,
-) -> dg.ExecuteInProcessResult:
-    return dg.materialize(
-        [item_classifications],
-        partition_key=partition_key_for(key),
-        instance=instance,
-        resources={
-            "catalog_db": CatalogDatabase(url=engine.url.render_as_string(hide_password=False)),
-            "classifier": classifier,
-        },
-        run_config={"ops": {"item_classifications": {"config": config}}} if config else None,
-        raise_on_error=False,
     )
 
 
