@@ -294,9 +294,7 @@ def finalize(
 
         summary = retrying(load, what)
     else:
-        missing = retrying(
-            lambda: db.incomplete_chunks(engine, planned.source_file_id), f"{what}: results"
-        )
+        missing = retrying(lambda: _incomplete_chunks(engine, planned), f"{what}: results")
         if missing and bucket is not None:
             log.warning(
                 "%s: chunks %s have no stored result although their steps succeeded (the "
@@ -312,7 +310,7 @@ def finalize(
         if summary.status == "failed":
             raise IncompleteFileError(
                 planned.info.key,
-                retrying(lambda: db.incomplete_chunks(engine, planned.source_file_id), what),
+                retrying(lambda: _incomplete_chunks(engine, planned), what),
             )
     holders = [run_id for run_id in run_ids if run_id]
     if holders:
@@ -321,6 +319,11 @@ def finalize(
             f"{what}: lease",
         )
     return summary
+
+
+def _incomplete_chunks(engine: Engine, planned: PlannedFile) -> tuple[int, ...]:
+    with engine.connect() as connection:
+        return failures_db.incomplete_chunks(connection, planned.source_file_id)
 
 
 def ingest_object(

@@ -81,7 +81,7 @@ def record_run_failure(
         failed_chunks: tuple[int, ...] = ()
         marked = False
         if file_id is not None:
-            failed_chunks = _incomplete_chunks(connection, file_id)
+            failed_chunks = incomplete_chunks(connection, file_id)
             marked = (
                 connection.execute(
                     update(source_files)
@@ -147,7 +147,8 @@ def adopt_file(engine: Engine, file_id: int, run_id: str, run_family: Sequence[s
         )
 
 
-def _incomplete_chunks(connection: Connection, file_id: int) -> tuple[int, ...]:
+def incomplete_chunks(connection: Connection, file_id: int) -> tuple[int, ...]:
+    """The planned chunks of a file that have no completed result, in order."""
     return tuple(
         connection.execute(
             select(source_chunks.c.chunk_index)
@@ -276,47 +277,6 @@ def open_files(engine: Engine, untouched_for: timedelta, limit: int) -> list[Ope
         ).all()
     return [
         OpenFile(row.id, row.object_key, row.etag, row.run_id, row.lease_run_id, row.expires_at)
-        for row in rows
-    ]
-
-
-@dataclass(frozen=True, slots=True)
-class FailedFile:
-    object_key: str
-    etag: str
-    status: str
-    error: str | None
-    failed_chunks: tuple[int, ...]
-    run_id: str | None
-    updated_at: datetime
-
-
-def failed_files(engine: Engine) -> list[FailedFile]:
-    """The newest version of each object key whose file is `failed`."""
-    with engine.connect() as connection:
-        rows = connection.execute(
-            select(
-                source_files.c.object_key,
-                source_files.c.etag,
-                source_files.c.status,
-                source_files.c.error,
-                source_files.c.failed_chunks,
-                source_files.c.run_id,
-                source_files.c.updated_at,
-            )
-            .where(source_files.c.status == "failed")
-            .order_by(source_files.c.object_key, source_files.c.id)
-        ).all()
-    return [
-        FailedFile(
-            row.object_key,
-            row.etag,
-            row.status,
-            row.error,
-            tuple(json.loads(row.failed_chunks or "[]")),
-            row.run_id,
-            row.updated_at,
-        )
         for row in rows
     ]
 

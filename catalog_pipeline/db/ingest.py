@@ -534,21 +534,6 @@ def finalize_file(engine: Engine, source_file_id: int) -> FileSummary:
         return load_summary(connection, source_file_id, chunks_total, completed)
 
 
-def incomplete_chunks(engine: Engine, source_file_id: int) -> list[int]:
-    """The planned chunks of a file that have no completed result, in order."""
-    with engine.connect() as connection:
-        return list(
-            connection.execute(
-                select(source_chunks.c.chunk_index)
-                .where(
-                    source_chunks.c.source_file_id == source_file_id,
-                    source_chunks.c.status != "completed",
-                )
-                .order_by(source_chunks.c.chunk_index)
-            ).scalars()
-        )
-
-
 def load_summary(
     connection: Connection,
     source_file_id: int,

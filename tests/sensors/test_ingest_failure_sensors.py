@@ -58,7 +58,6 @@ def _evaluate_failure_sensor(instance, database_url, bucket_url, cursor=None):
     )
     sensor = definitions.resolve_sensor_def(ingest_run_failure_sensor.name)
     result = sensor.evaluate_tick(context)
-    assert result.sensor_error is None if hasattr(result, "sensor_error") else True
     return result.cursor, result
 
 
