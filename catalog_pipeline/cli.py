@@ -346,7 +346,7 @@ def list_bucket(bucket: Bucket) -> tuple[list[ObjectInfo], list[SkippedObject]]:
 
     objects, skipped = [], []
     for info in bucket.list_objects(include_hidden=True):
-        reason = skip_reason(info.key, hidden=bucket.is_hidden(info.key))
+        reason = skip_reason(info.key, hidden=bucket.hidden_reason(info.key))
         if reason is None:
             objects.append(info)
         else:

@@ -36,6 +36,7 @@ from catalog_pipeline.core.memory import (
 )
 from catalog_pipeline.core.naming import parse_object_key
 from catalog_pipeline.core.read_ahead import read_ahead
+from catalog_pipeline.core.records import DEFAULT_QUOTE_BOUNDS, QuoteBounds
 from catalog_pipeline.core.retry import retrying
 from catalog_pipeline.core.validation import HeaderMapping, MissingColumnsError, map_header
 from catalog_pipeline.db import failures as failures_db
@@ -55,6 +56,7 @@ class PlannedFile:
     chunks: tuple[ByteRange, ...]
     record_count: int
     rejected_reason: str | None = None
+    quote_bounds: QuoteBounds = DEFAULT_QUOTE_BOUNDS  # the plan's: its chunks are read with them
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +94,7 @@ def plan_object(
     chunk_bytes: int,
     run_id: str | None = None,
     holder_alive: Callable[[str], bool | None] | None = None,
+    quote_bounds: QuoteBounds = DEFAULT_QUOTE_BOUNDS,
 ) -> PlannedFile:
     """Take the object's ingest lease, HEAD it, plan its chunks in one streaming read,
     and store the plan.
@@ -103,13 +106,13 @@ def plan_object(
     its reason and returned with no chunks.
     """
     if run_id is None:
-        return _plan_object(bucket, engine, key, chunk_bytes, None)
+        return _plan_object(bucket, engine, key, chunk_bytes, None, quote_bounds)
     retrying(
         lambda: failures_db.acquire_lease(engine, key, run_id, holder_alive),
         f"{key}: ingest lease",
     )
     try:
-        return _plan_object(bucket, engine, key, chunk_bytes, run_id)
+        return _plan_object(bucket, engine, key, chunk_bytes, run_id, quote_bounds)
     except BaseException:
         # Nothing of this run's is stored: the next run of the object need not wait.
         try:
@@ -120,12 +123,19 @@ def plan_object(
 
 
 def _plan_object(
-    bucket: Bucket, engine: Engine, key: str, chunk_bytes: int, run_id: str | None
+    bucket: Bucket,
+    engine: Engine,
+    key: str,
+    chunk_bytes: int,
+    run_id: str | None,
+    quote_bounds: QuoteBounds,
 ) -> PlannedFile:
     info = retrying(lambda: bucket.head(key), f"{key}: HEAD")
     obj = source_object(info)
     try:
-        plan = retrying(lambda: scan_chunks(bucket, info, chunk_bytes), f"{key}: planning read")
+        plan = retrying(
+            lambda: scan_chunks(bucket, info, chunk_bytes, quote_bounds), f"{key}: planning read"
+        )
         map_header(plan.header)
     except (HeaderError, MissingColumnsError) as error:
         reason = str(error)
@@ -140,14 +150,27 @@ def _plan_object(
     return _planned(file_id, info, plan)
 
 
-def scan_chunks(bucket: Bucket, info: ObjectInfo, chunk_bytes: int) -> ChunkPlan:
+def scan_chunks(
+    bucket: Bucket,
+    info: ObjectInfo,
+    chunk_bytes: int,
+    quote_bounds: QuoteBounds = DEFAULT_QUOTE_BOUNDS,
+) -> ChunkPlan:
     """The chunk plan of one object version, from one streaming read of it (the next
     blocks are read while the current one is scanned)."""
-    return plan_chunks(read_ahead(bucket.iter_blocks(info)), info.size, chunk_bytes)
+    blocks = read_ahead(bucket.iter_blocks(info))
+    return plan_chunks(blocks, info.size, chunk_bytes, quote_bounds)
 
 
 def _planned(file_id: int, info: ObjectInfo, plan: ChunkPlan) -> PlannedFile:
-    return PlannedFile(file_id, info, plan.header, plan.chunks, plan.record_count)
+    return PlannedFile(
+        file_id,
+        info,
+        plan.header,
+        plan.chunks,
+        plan.record_count,
+        quote_bounds=plan.quote_bounds,
+    )
 
 
 @contextmanager
@@ -224,7 +247,7 @@ def _ingest_chunk(
                 key, chunk.index, chunk.start, f"read {len(data)} bytes, planned {chunk.size}"
             )
         outcome: ChunkOutcome = process_chunk_bytes(
-            data, chunk.start, mapping, chunk.end == planned.info.size
+            data, chunk.start, mapping, planned.quote_bounds
         )
         seconds = time.perf_counter() - started
         # One transaction: a retry after a dropped connection rewrites the same rows.

@@ -11,6 +11,9 @@ BUCKET_URL = "CATALOG_BUCKET_URL"
 S3_ENDPOINT_URL = "CATALOG_S3_ENDPOINT_URL"
 DATABASE_URL = "CATALOG_DATABASE_URL"
 CHUNK_BYTES = "CATALOG_CHUNK_BYTES"
+# When an opening quote counts as unclosed (see core.records): bytes and line feeds.
+MAX_QUOTED_BYTES = "CATALOG_MAX_QUOTED_BYTES"
+MAX_QUOTED_LINE_FEEDS = "CATALOG_MAX_QUOTED_LINE_FEEDS"
 # Classification: `keyword` (offline, default) or `openai` (any OpenAI-compatible endpoint).
 CLASSIFIER = "CLASSIFIER"
 CLASSIFIER_OPENAI_BASE_URL = "CLASSIFIER_OPENAI_BASE_URL"

@@ -199,3 +199,25 @@ def test_hidden_and_non_csv_objects_are_listed_as_skipped_with_their_reason(
         "4 objects skipped (2 hidden, 2 not a CSV): .draft.csv, "
         ".shop_2026-11-02T06-00-00.csv.tmp, notes.txt, old/readme.md" in human.stdout
     )
+
+
+def test_a_link_to_a_file_outside_the_bucket_is_skipped_with_the_root_cause(
+    tmp_path, bucket_folder
+):
+    outside = tmp_path / "secret.csv"
+    outside.write_bytes(sample_csv(5, seed=2))
+    (bucket_folder / "x.csv").symlink_to(outside)
+
+    result = _ingest(tmp_path, f"file://{bucket_folder}", "--json")
+
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    summary = json.loads(result.stdout)
+    assert [entry["object_key"] for entry in summary["files"]] == ["shop_2026-11-01T06-00-00.csv"]
+    [skipped] = summary["skipped"]
+    assert skipped["key"] == "x.csv"
+    assert skipped["reason"].startswith("outside the bucket: key 'x.csv' escapes the bucket folder")
+    assert "Dagster" not in skipped["reason"]
+    assert [info.key for info in LocalBucket(bucket_folder).list_objects()] == [
+        "shop_2026-11-01T06-00-00.csv"
+    ]  # the sensor's listing leaves it out too

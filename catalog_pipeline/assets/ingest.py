@@ -69,6 +69,7 @@ def plan_chunks(
             ingest_settings.chunk_bytes,
             context.run_id,
             holder_alive=lambda run_id: run_is_alive(context.instance, run_id),
+            quote_bounds=ingest_settings.quote_bounds(),
         )
     except Exception as error:
         raise step_failure(error, object_key=key) from error

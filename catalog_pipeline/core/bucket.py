@@ -12,7 +12,7 @@ from typing import Protocol
 from urllib.parse import urlparse
 
 from catalog_pipeline.core.errors import ObjectChangedError, PermanentError
-from catalog_pipeline.core.naming import is_hidden_key
+from catalog_pipeline.core.naming import hidden_file_reason, is_hidden_key
 
 DEFAULT_BUCKET_URL = "file://./data/bucket"
 BLOCK_BYTES = 8 * 1024 * 1024
@@ -51,8 +51,9 @@ class Bucket(Protocol):
         """Raise `BucketMissingError` when the bucket does not exist."""
         ...
 
-    def is_hidden(self, key: str) -> bool:
-        """Whether `list_objects` leaves the key out unless asked to include hidden keys."""
+    def hidden_reason(self, key: str) -> str | None:
+        """Why `list_objects` leaves the key out unless asked to include hidden keys; None
+        for a key it lists."""
         ...
 
     def list_objects(
@@ -113,8 +114,14 @@ class LocalBucket:
         if not self.root.is_dir():
             raise BucketMissingError(f"bucket folder {self.root} is a file, not a folder")
 
-    def is_hidden(self, key: str) -> bool:
-        return is_hidden_key(key)
+    def hidden_reason(self, key: str) -> str | None:
+        if is_hidden_key(key):
+            return hidden_file_reason(key)
+        try:
+            self._path(key)
+        except BucketError as error:  # a symbolic link to a file outside the folder
+            return f"outside the bucket: {error}"
+        return None
 
     def list_objects(
         self, start_after: str | None = None, *, include_hidden: bool = False
@@ -128,7 +135,7 @@ class LocalBucket:
         keys = sorted(
             key
             for key in (path.relative_to(self.root).as_posix() for path in files)
-            if include_hidden or not self.is_hidden(key)
+            if include_hidden or self.hidden_reason(key) is None
         )
         for key in keys:
             if start_after is not None and key <= start_after:
@@ -212,8 +219,8 @@ class S3Bucket:
                 raise
             raise missing from None
 
-    def is_hidden(self, key: str) -> bool:
-        return False  # writes are atomic: no partial objects to hide, and no hidden files
+    def hidden_reason(self, key: str) -> str | None:
+        return None  # writes are atomic: no partial objects to hide, and no hidden files
 
     def list_objects(
         self, start_after: str | None = None, *, include_hidden: bool = False

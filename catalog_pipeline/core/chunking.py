@@ -22,7 +22,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from catalog_pipeline.core.errors import HeaderError, PermanentError
-from catalog_pipeline.core.records import CR, UTF8_BOM, RecordScanner
+from catalog_pipeline.core.records import (
+    CR,
+    DEFAULT_QUOTE_BOUNDS,
+    LF,
+    UTF8_BOM,
+    QuoteBounds,
+    RecordScanner,
+)
 
 # Each chunk is a Dagster step, which costs about 0.2 s to start (fork, instance, cold
 # connection) whatever its size: 64 MiB (about 50,000 rows of 1.3 KB) keeps that a small
@@ -56,7 +63,8 @@ class ChunkPlan:
     chunks: tuple[ByteRange, ...]
     record_count: int
     has_bom: bool
-    unterminated_quote: bool
+    unclosed_quotes: int  # records cut at an opening quote that never closed (see core.records)
+    quote_bounds: QuoteBounds = DEFAULT_QUOTE_BOUNDS
 
 
 @dataclass(slots=True)
@@ -66,8 +74,9 @@ class _Planner:
     scanner: RecordScanner
     data_start: int | None = None
     header_bytes: bytearray | None = None
+    header_start: int = 0  # after a BOM
     last_end: int = -1  # offset of the LF that ended the previous record (header included)
-    last_byte: int = 0
+    tail_byte: int = LF  # the last byte read
     boundaries: list[int] | None = None
     next_cut: int = 0
     stride: float = 0.0  # the even chunk size: data bytes over the chunk count
@@ -93,40 +102,51 @@ def checked_chunk_bytes(value: int) -> int:
 
 
 def plan_chunks(
-    blocks: Iterable[bytes], size: int, target_chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    blocks: Iterable[bytes],
+    size: int,
+    target_chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    quote_bounds: QuoteBounds = DEFAULT_QUOTE_BOUNDS,
 ) -> ChunkPlan:
     """Plan the chunks of an object given as consecutive blocks of its bytes.
 
     Raises `HeaderError` for an empty object, an undecodable or unterminated header, or a
-    header over 1 MiB.
+    header over 1 MiB. `quote_bounds` decide when an opening quote counts as unclosed; the
+    chunks must be read with the same bounds (they are part of the plan).
     """
     target = checked_chunk_bytes(target_chunk_bytes)
     if size == 0:
         raise HeaderError("the object is empty (0 bytes): there is no header")
-    planner = _Planner(target=target, size=size, scanner=RecordScanner(), header_bytes=bytearray())
+    scanner = RecordScanner(quote_bounds)
+    planner = _Planner(target=target, size=size, scanner=scanner, header_bytes=bytearray())
     planner.boundaries = []
     offset = 0
     has_bom = False
     for block in _with_whole_bom(blocks):
+        view, base = memoryview(block), offset
         if offset == 0 and block.startswith(UTF8_BOM):
             has_bom = True
-            _consume(planner, memoryview(block)[len(UTF8_BOM) :], len(UTF8_BOM))
-        else:
-            _consume(planner, memoryview(block), offset)
+            view, base = view[len(UTF8_BOM) :], len(UTF8_BOM)
+            planner.header_start = base
+        if planner.data_start is None:
+            planner.header_bytes.extend(view)
+        _consume(planner, scanner.feed(view, base))
+        if planner.data_start is None and len(planner.header_bytes) > MAX_HEADER_BYTES:
+            raise _no_header_end(bytes(planner.header_bytes), scanner.pending)
+        if len(view):
+            planner.tail_byte = view[-1]
         offset += len(block)
     if offset != size:
         raise HeaderError(f"read {offset} bytes but the object has {size}: it changed mid-read")
+    _consume(planner, scanner.finish())
 
-    unterminated = planner.scanner.inside_quotes
     start = len(UTF8_BOM) if has_bom else 0
-    if planner.data_start is None:
-        # The header is the whole object: either it has no LF, or a quote never closes.
-        if unterminated:
-            raise HeaderError("the header has an unclosed quote that runs to the end of the file")
-        header_bytes = bytes(planner.header_bytes or b"")
+    header_bytes = bytes(planner.header_bytes or b"")
+    if planner.data_start is None:  # the header is the whole object: it has no LF
+        _check_header_quotes(scanner, size)
+        if b"\r" in header_bytes.rstrip(b"\r"):
+            raise _no_header_end(header_bytes, False)
         planner.data_start = size
     else:
-        header_bytes = bytes(planner.header_bytes or b"")
         tail_start = planner.last_end + 1
         if tail_start < size and not _tail_is_blank(planner, size):
             planner.record_count += 1  # a final record without a trailing newline
@@ -147,7 +167,8 @@ def plan_chunks(
         chunks=chunks,
         record_count=planner.record_count,
         has_bom=has_bom,
-        unterminated_quote=unterminated,
+        unclosed_quotes=len(scanner.unclosed),
+        quote_bounds=quote_bounds,
     )
 
 
@@ -167,47 +188,60 @@ def _with_whole_bom(blocks: Iterable[bytes]) -> Iterable[bytes]:
 
 
 def _tail_is_blank(planner: _Planner, size: int) -> bool:
-    return size - (planner.last_end + 1) == 1 and planner.last_byte == CR
+    """The bytes after the last record end are one CR (a blank CRLF line cut short)."""
+    return size - (planner.last_end + 1) == 1 and planner.tail_byte == CR
 
 
-def _consume(planner: _Planner, view: memoryview, base: int) -> None:
-    if not len(view):
-        return
-    ends = planner.scanner.feed(view, base)
-    if planner.data_start is None:
-        if len(ends) == 0:
-            planner.header_bytes.extend(view)
-            if len(planner.header_bytes) > MAX_HEADER_BYTES:
-                raise HeaderError(f"no header line end within the first {MAX_HEADER_BYTES} bytes")
-            planner.last_byte = view[-1]
-            return
+def _no_header_end(prefix: bytes, quote_open: bool) -> HeaderError:
+    """Why no header line end was found in `prefix` (over 1 MiB, or the whole object)."""
+    if quote_open:
+        return HeaderError(
+            f"the header has a quoted field still open after {MAX_HEADER_BYTES:,} bytes"
+        )
+    if b"\r" in prefix.rstrip(b"\r"):
+        return HeaderError(
+            "the lines end in a bare CR (classic Mac line ends), with no LF within the "
+            f"first {len(prefix):,} bytes: only LF or CRLF line ends are read; convert "
+            "the file (for example `tr '\\r' '\\n'`)"
+        )
+    return HeaderError(f"no header line end within the first {MAX_HEADER_BYTES} bytes")
+
+
+def _check_header_quotes(scanner: RecordScanner, header_end: int) -> None:
+    for unclosed in scanner.unclosed:
+        if unclosed.quote < header_end:
+            raise HeaderError(
+                f"the header has an unclosed quote (the quote at byte {unclosed.quote} "
+                "never closes its field)"
+            )
+
+
+def _consume(planner: _Planner, ends: np.ndarray) -> None:
+    """Count the records the scanner found ending at `ends` and place the chunk cuts."""
+    cr_before = planner.scanner.cr_before
+    if planner.data_start is None and len(ends):
         header_end = int(ends[0])
-        planner.header_bytes.extend(view[: header_end - base])
+        _check_header_quotes(planner.scanner, header_end)
+        del planner.header_bytes[header_end - planner.header_start :]
         planner.data_start = header_end + 1
         data_bytes = max(planner.size - planner.data_start, 1)
         planner.stride = data_bytes / -(-data_bytes // planner.target)
         planner.next_cut = planner.data_start + round(planner.stride)
         planner.last_end = header_end
-        ends = ends[1:]
+        ends, cr_before = ends[1:], cr_before[1:]
     if len(ends):
-        _count_records(planner, view, base, ends)
+        _count_records(planner, ends, cr_before)
         _cut(planner, ends)
         planner.last_end = int(ends[-1])
-    planner.last_byte = view[-1]
 
 
-def _count_records(planner: _Planner, view: memoryview, base: int, ends: np.ndarray) -> None:
+def _count_records(planner: _Planner, ends: np.ndarray, cr_before: np.ndarray) -> None:
+    """Records end at `ends`; blank lines (empty, or a lone CR before the LF) are none."""
     starts = np.empty_like(ends)
     starts[0] = planner.last_end + 1
     starts[1:] = ends[:-1] + 1
     lengths = ends - starts
-    blank = lengths == 0
-    single = np.flatnonzero(lengths == 1)
-    if len(single):
-        arr = np.frombuffer(view, dtype=np.uint8)
-        before = ends[single] - 1 - base
-        byte_before = np.where(before >= 0, arr[np.maximum(before, 0)], planner.last_byte)
-        blank[single] |= byte_before == CR
+    blank = (lengths == 0) | ((lengths == 1) & cr_before)
     planner.record_count += int(len(ends) - np.count_nonzero(blank))
 
 
@@ -241,7 +275,9 @@ def _parse_header(raw: bytes, start: int) -> tuple[str, ...]:
     return tuple(rows[0]) if rows else ()
 
 
-def header_from_prefix(prefix: bytes, size: int) -> tuple[str, ...] | None:
+def header_from_prefix(
+    prefix: bytes, size: int, quote_bounds: QuoteBounds = DEFAULT_QUOTE_BOUNDS
+) -> tuple[str, ...] | None:
     """The header, read from the object's first bytes (a cheap check before planning).
 
     Returns None when `prefix` ends before the header line does; raises `HeaderError`
@@ -250,14 +286,20 @@ def header_from_prefix(prefix: bytes, size: int) -> tuple[str, ...] | None:
     if size == 0:
         raise HeaderError("the object is empty (0 bytes): there is no header")
     start = len(UTF8_BOM) if prefix.startswith(UTF8_BOM) else 0
-    scanner = RecordScanner()
-    ends = scanner.feed(memoryview(prefix)[start:], start)
-    if len(ends):
-        return _parse_header(prefix[start : int(ends[0])], start)
-    if len(prefix) < size:
-        if len(prefix) > MAX_HEADER_BYTES:
-            raise HeaderError(f"no header line end within the first {MAX_HEADER_BYTES} bytes")
-        return None
-    if scanner.inside_quotes:
-        raise HeaderError("the header has an unclosed quote that runs to the end of the file")
-    return _parse_header(prefix[start:], start)
+    body = prefix[start:]
+    scanner = RecordScanner(quote_bounds)
+    ends = scanner.feed(body, start)
+    whole = len(prefix) >= size
+    if whole:
+        ends = np.concatenate([ends, scanner.finish()])
+    if len(ends) or whole:
+        header_end = int(ends[0]) if len(ends) else len(prefix)
+        _check_header_quotes(scanner, header_end)
+        if not len(ends) and b"\r" in body.rstrip(b"\r"):
+            raise _no_header_end(body, False)
+        return _parse_header(prefix[start:header_end], start)
+    if b"\n" not in body and b"\r" in body.rstrip(b"\r"):
+        raise _no_header_end(body, False)
+    if len(prefix) > MAX_HEADER_BYTES:
+        raise _no_header_end(body, scanner.pending)
+    return None

@@ -16,12 +16,13 @@ from catalog_pipeline.core.items import (
     with_content_hash,
 )
 from catalog_pipeline.core.reader import (
-    RAW_LOG_BYTES,
     ChunkRecords,
     ColumnarChunk,
     Record,
+    raw_log_bytes,
     read_chunk_columns,
 )
+from catalog_pipeline.core.records import DEFAULT_QUOTE_BOUNDS, QuoteBounds
 from catalog_pipeline.core.validation import HeaderMapping, validate_record
 
 
@@ -49,7 +50,7 @@ class ChunkOutcome:
 
 
 def process_chunk_bytes(
-    data: bytes, base: int, mapping: HeaderMapping, at_end_of_object: bool
+    data: bytes, base: int, mapping: HeaderMapping, quote_bounds: QuoteBounds = DEFAULT_QUOTE_BOUNDS
 ) -> ChunkOutcome:
     """Read and validate `data` (a planned range starting at object offset `base`).
 
@@ -57,7 +58,7 @@ def process_chunk_bytes(
     check declines, and every row of a chunk Arrow cannot read, go through
     `validate_record` one by one. Both give the same items.
     """
-    chunk = read_chunk_columns(data, base, at_end_of_object, mapping.field_count)
+    chunk = read_chunk_columns(data, base, mapping.field_count, quote_bounds)
     tables: list[pa.Table] = []
     accepted = np.empty(0, dtype=bool)
     if isinstance(chunk, ColumnarChunk):
@@ -94,5 +95,7 @@ def _validate_each(
                 items.append(StagedItem(item, record.offset))
                 continue
         reasons.update(found)
-        invalid.append(InvalidRecord(record.offset, found, chunk.raw(record, RAW_LOG_BYTES)))
+        invalid.append(
+            InvalidRecord(record.offset, found, chunk.raw(record, raw_log_bytes(record)))
+        )
     return items, invalid, reasons

@@ -37,16 +37,21 @@ def is_hidden_key(key: str) -> bool:
     return key.rsplit("/", 1)[-1].startswith(".")
 
 
-def skip_reason(key: str, *, hidden: bool = False) -> str | None:
+def hidden_file_reason(key: str) -> str:
+    if key.endswith(".tmp"):
+        return f"{HIDDEN_REASON}: an unfinished write or another program's temporary file"
+    return HIDDEN_REASON
+
+
+def skip_reason(key: str, *, hidden: str | None = None) -> str | None:
     """Why a listed object is not ingested, or None for a CSV object to ingest.
 
-    `hidden` says the bucket hides the key (a local folder hides dot-files, see
-    `LocalBucket`); the reason then says so whatever the name ends in.
+    `hidden` is why the bucket hides the key, if it does (a local folder hides dot-files
+    and links to files outside it, see `LocalBucket`); whatever the name ends in, that
+    is the reason.
     """
     if hidden:
-        if key.endswith(".tmp"):
-            return f"{HIDDEN_REASON}: an unfinished write or another program's temporary file"
-        return HIDDEN_REASON
+        return hidden
     if key.endswith("/"):
         return "not a CSV: a folder marker (the key ends in '/')"
     if not is_csv_key(key):

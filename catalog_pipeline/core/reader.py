@@ -15,6 +15,10 @@ one, so they keep their place and their fields. Anything else falls back as abov
 `read_chunk_columns` hands such a chunk over as Arrow columns (`ColumnarChunk`), for
 validation by whole columns; `read_chunk` turns it into records like the other paths.
 
+A record the scanner cut at an unclosed quote (see `core.records`) is `unclosed_quote`;
+its neighbours are read as usual. A field over `csv`'s field size limit (128 KiB) makes
+its record `field_too_long`.
+
 A record holding a NUL byte is an `encoding_error` too: NUL is valid UTF-8, but no
 PostgreSQL text can hold it (COPY would fail the whole chunk), so it is refused on every
 database alike rather than stored on SQLite and lost on Postgres.
@@ -32,12 +36,32 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as arrow_csv
 
-from catalog_pipeline.core.records import COMMA, CR, LF, QUOTE, UTF8_BOM, RecordScanner
+from catalog_pipeline.core.records import (
+    COMMA,
+    CR,
+    DEFAULT_MAX_QUOTED_BYTES,
+    DEFAULT_QUOTE_BOUNDS,
+    LF,
+    QUOTE,
+    UTF8_BOM,
+    QuoteBounds,
+    RecordScanner,
+)
 
 MALFORMED_ROW = "malformed_row"
 ENCODING_ERROR = "encoding_error"
+UNCLOSED_QUOTE = "unclosed_quote"
+FIELD_TOO_LONG = "field_too_long"
 RAW_LOG_BYTES = 4096
+# An unclosed-quote record is one line cut short of what it swallowed: logged whole (up to
+# the quote bound), so the row can be recovered from the invalid log.
+UNCLOSED_RAW_LOG_BYTES = DEFAULT_MAX_QUOTED_BYTES
 _BLOCK_BYTES = 8 << 20
+
+
+def raw_log_bytes(record: Record) -> int:
+    """How many of a record's bytes the invalid log keeps."""
+    return UNCLOSED_RAW_LOG_BYTES if record.error == UNCLOSED_QUOTE else RAW_LOG_BYTES
 
 
 class Record(NamedTuple):
@@ -103,33 +127,38 @@ def _raw(data: bytes, base: int, record: Record, limit: int) -> bytes:
 
 
 def read_chunk(
-    data: bytes, base: int, at_end_of_object: bool = True, field_count: int | None = None
+    data: bytes,
+    base: int,
+    field_count: int | None = None,
+    quote_bounds: QuoteBounds = DEFAULT_QUOTE_BOUNDS,
 ) -> ChunkRecords:
-    """Split a record-aligned range `data` (starting at object offset `base`) into records.
+    """Split a planned range `data` (starting at object offset `base`) into records.
 
-    Blank lines are skipped (Python's `csv` yields no fields for them). A final record whose
-    quote never closes is `malformed_row` when the range ends the object. `field_count`
-    (the header's) enables the Arrow path.
+    Blank lines are skipped (Python's `csv` yields no fields for them). `field_count`
+    (the header's) enables the Arrow path; `quote_bounds` must be the plan's.
     """
-    chunk = read_chunk_columns(data, base, at_end_of_object, field_count)
+    chunk = read_chunk_columns(data, base, field_count, quote_bounds)
     if isinstance(chunk, ColumnarChunk):
         return ChunkRecords(records=chunk.records(), data=data, base=base)
     return chunk
 
 
 def read_chunk_columns(
-    data: bytes, base: int, at_end_of_object: bool, field_count: int | None
+    data: bytes,
+    base: int,
+    field_count: int | None,
+    quote_bounds: QuoteBounds = DEFAULT_QUOTE_BOUNDS,
 ) -> ColumnarChunk | ChunkRecords:
-    """Like `read_chunk`, but a chunk Arrow can read comes back as columns."""
-    scanner = RecordScanner()
-    view = memoryview(data)
+    """Like `read_chunk`, but a chunk Arrow can read comes back as columns.
+
+    A planned range ends on a record end, so its end is the end of the data for the
+    scanner: a quote still open there is unclosed, as the planner found it.
+    """
+    scanner = RecordScanner(quote_bounds)
     quotes: list[np.ndarray] = [np.empty(0, np.int64)]
-    newlines = [
-        scanner.feed(view[at : at + _BLOCK_BYTES], base + at, quotes)
-        for at in range(0, len(data), _BLOCK_BYTES)
-    ]
-    starts, ends = _record_spans(data, base, np.concatenate(newlines or [np.empty(0, np.int64)]))
-    if not scanner.inside_quotes:
+    newlines = np.concatenate([scanner.feed(data, base, quotes), scanner.finish()])
+    starts, ends = _record_spans(data, base, newlines)
+    if not scanner.unclosed:
         if field_count is not None:
             found = np.concatenate(quotes) - base
             columnar = _read_columnar(data, base, starts, ends, field_count, found)
@@ -138,11 +167,9 @@ def read_chunk_columns(
         records = _parse_whole(data, starts.tolist(), ends.tolist())
         if records is not None:
             return ChunkRecords(records=records, data=data, base=base)
+    cut = np.searchsorted(starts, [u.quote for u in scanner.unclosed], side="right") - 1
     spans = list(zip(starts.tolist(), ends.tolist(), strict=True))
-    records = list(_parse(data, base, spans))
-    if scanner.inside_quotes and at_end_of_object and records:
-        last = records[-1]
-        records[-1] = Record(last.offset, last.end, None, MALFORMED_ROW)
+    records = list(_parse(data, base, spans, frozenset(cut.tolist())))
     return ChunkRecords(records=records, data=data, base=base)
 
 
@@ -308,9 +335,15 @@ def _parse_whole(data: bytes, starts: list[int], ends: list[int]) -> list[Record
     return list(map(Record, starts, ends, rows))
 
 
-def _parse(data: bytes, base: int, spans: list[tuple[int, int]]) -> Iterator[Record]:
+def _parse(
+    data: bytes, base: int, spans: list[tuple[int, int]], unclosed: frozenset[int]
+) -> Iterator[Record]:
+    """Record by record; the spans at the indexes `unclosed` are unclosed quotes."""
     texts: list[str | None] = []
-    for start, end in spans:
+    for index, (start, end) in enumerate(spans):
+        if index in unclosed:
+            texts.append(None)
+            continue
         stop = end - base
         if stop > start - base and data[stop - 1] == 0x0D:
             stop -= 1
@@ -323,15 +356,17 @@ def _parse(data: bytes, base: int, spans: list[tuple[int, int]]) -> Iterator[Rec
     decodable = (text for text in texts if text is not None)
     reader = csv.reader(decodable)
     consumed = 0
-    for (start, end), text in zip(spans, texts, strict=True):
+    for index, ((start, end), text) in enumerate(zip(spans, texts, strict=True)):
         if text is None:
-            yield Record(start, end, None, ENCODING_ERROR)
+            reason = UNCLOSED_QUOTE if index in unclosed else ENCODING_ERROR
+            yield Record(start, end, None, reason)
             continue
         consumed += 1
         try:
             fields = next(reader)
-        except csv.Error:
-            yield Record(start, end, None, MALFORMED_ROW)
+        except csv.Error as error:
+            too_long = "field larger than field limit" in str(error)
+            yield Record(start, end, None, FIELD_TOO_LONG if too_long else MALFORMED_ROW)
             continue
         if reader.line_num != consumed:
             # The scanner and the csv module disagreed on where a record ends. They share

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, fields
 from urllib.parse import unquote, urlsplit
 
 from catalog_pipeline.core.confusables import idn_host_problem
+from catalog_pipeline.core.errors import HeaderError
 
 __all__ = [
     "CANONICAL_COLUMNS",
@@ -168,6 +169,23 @@ class MissingColumnsError(ValueError):
         )
 
 
+class DuplicateColumnsError(HeaderError):
+    """A catalog column appears twice in the header: which one holds the value is
+    ambiguous, so the whole file is rejected."""
+
+    def __init__(self, duplicates: dict[str, list[int]], header: Sequence[str]) -> None:
+        self.duplicates = duplicates
+        named = "; ".join(
+            f"{' and '.join(repr(header[i]) for i in positions)} "
+            f"(columns {', '.join(str(i + 1) for i in positions)})"
+            for positions in duplicates.values()
+        )
+        super().__init__(
+            f"CSV header names a column more than once: {named}; which one holds the "
+            "value is ambiguous (names are compared ignoring case and punctuation)"
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class HeaderMapping:
     """Where each canonical column sits in a file's records."""
@@ -194,21 +212,29 @@ class HeaderMapping:
 def map_header(header: Sequence[str]) -> HeaderMapping:
     """Map a CSV header to canonical columns; raise ``MissingColumnsError`` without sku/name/url.
 
-    Matching ignores case and non-alphanumerics and accepts the DESIGN.md aliases. When two
-    columns map to the same canonical column the first wins. ``ignored`` lists the names not
-    used: unknown ones and later duplicates.
+    Matching ignores case and non-alphanumerics and accepts the DESIGN.md aliases. The
+    same name twice (`sku` and `SKU`) for a catalog column raises `DuplicateColumnsError`;
+    two different aliases of one column (`name` and `title`): the first wins. ``ignored``
+    lists the names not used: unknown ones and later aliases.
     """
     names = list(header)
     if names and names[0].startswith("\ufeff"):
         names[0] = names[0][1:]
     positions: dict[str, int] = {}
     ignored: list[str] = []
+    seen: dict[str, list[int]] = {}
     for index, name in enumerate(names):
-        column = _HEADER_LOOKUP.get(normalize_header_name(name))
+        normalized = normalize_header_name(name)
+        column = _HEADER_LOOKUP.get(normalized)
+        if column is not None:
+            seen.setdefault(normalized, []).append(index)
         if column is None or column in positions:
             ignored.append(name)
         else:
             positions[column] = index
+    duplicates = {name: found for name, found in seen.items() if len(found) > 1}
+    if duplicates:
+        raise DuplicateColumnsError(duplicates, names)
     missing = tuple(c for c in REQUIRED_COLUMNS if c not in positions)
     if missing:
         raise MissingColumnsError(missing, names)

@@ -12,6 +12,11 @@ from catalog_pipeline.core.bucket import DEFAULT_BUCKET_URL, Bucket, S3Bucket, o
 from catalog_pipeline.core.chunking import DEFAULT_CHUNK_BYTES
 from catalog_pipeline.core.openai_classifier import DEFAULT_BASE_URL as DEFAULT_CLASSIFIER_URL
 from catalog_pipeline.core.openai_classifier import DEFAULT_MODEL as DEFAULT_CLASSIFIER_MODEL
+from catalog_pipeline.core.records import (
+    DEFAULT_MAX_QUOTED_BYTES,
+    DEFAULT_MAX_QUOTED_LINE_FEEDS,
+    QuoteBounds,
+)
 from catalog_pipeline.core.retry import retrying
 from catalog_pipeline.db.engine import ensure_current, make_engine
 from catalog_pipeline.resources.classifier import ClassifierResource
@@ -26,6 +31,8 @@ from catalog_pipeline.settings import (
     CLASSIFIER_OPENAI_MODEL,
     CLASSIFIER_TIMEOUT_SECONDS,
     DATABASE_URL,
+    MAX_QUOTED_BYTES,
+    MAX_QUOTED_LINE_FEEDS,
     S3_ENDPOINT_URL,
 )
 
@@ -70,9 +77,15 @@ class CatalogDatabase(dg.ConfigurableResource):
 
 
 class IngestSettings(dg.ConfigurableResource):
-    """How objects are split: the target chunk size in bytes."""
+    """How objects are split: the target chunk size in bytes, and how far a quoted field
+    may run past a line feed before its opening quote counts as unclosed."""
 
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    max_quoted_bytes: int = DEFAULT_MAX_QUOTED_BYTES
+    max_quoted_line_feeds: int = DEFAULT_MAX_QUOTED_LINE_FEEDS
+
+    def quote_bounds(self) -> QuoteBounds:
+        return QuoteBounds(self.max_quoted_bytes, self.max_quoted_line_feeds)
 
 
 def _env_or(name: str, default, kind=dg.EnvVar):
@@ -88,7 +101,11 @@ def default_resources() -> dict[str, dg.ConfigurableResource]:
         ),
         "catalog_db": CatalogDatabase(url=_env_or(DATABASE_URL, None)),
         "ingest_settings": IngestSettings(
-            chunk_bytes=_env_or(CHUNK_BYTES, DEFAULT_CHUNK_BYTES, dg.EnvVar.int)
+            chunk_bytes=_env_or(CHUNK_BYTES, DEFAULT_CHUNK_BYTES, dg.EnvVar.int),
+            max_quoted_bytes=_env_or(MAX_QUOTED_BYTES, DEFAULT_MAX_QUOTED_BYTES, dg.EnvVar.int),
+            max_quoted_line_feeds=_env_or(
+                MAX_QUOTED_LINE_FEEDS, DEFAULT_MAX_QUOTED_LINE_FEEDS, dg.EnvVar.int
+            ),
         ),
         "classifier": ClassifierResource(
             kind=_env_or(CLASSIFIER, "keyword"),

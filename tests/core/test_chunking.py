@@ -15,13 +15,24 @@ from catalog_pipeline.core.errors import HeaderError
 from catalog_pipeline.core.reader import (
     ENCODING_ERROR,
     MALFORMED_ROW,
+    UNCLOSED_QUOTE,
     ColumnarChunk,
     _read_columnar,
     _record_spans,
     read_chunk,
     read_chunk_columns,
 )
-from catalog_pipeline.core.records import RecordScanner
+from catalog_pipeline.core.records import (
+    DEFAULT_QUOTE_BOUNDS,
+    LF,
+    QuoteBounds,
+    RecordScanner,
+    _alternating,
+    _walk,
+)
+
+# Well-formed files whose quoted fields run over many lines, read as `csv` reads them.
+WIDE_QUOTES = QuoteBounds(max_bytes=1 << 30, max_line_feeds=1 << 30)
 
 ALPHABET = st.sampled_from(
     list("abcXYZ019 ,.;-_/\"'\n\r\t")
@@ -49,13 +60,17 @@ def _expected(data: bytes) -> list[list[str]]:
     return [row for row in csv.reader(io.StringIO(text, newline="")) if row]
 
 
-def _read_all(data: bytes, chunk_bytes: int, block_sizes: list[int], field_count=None):
-    plan = plan_chunks(_blocks(data, block_sizes), len(data), chunk_bytes)
+def _read_all(
+    data: bytes,
+    chunk_bytes: int,
+    block_sizes: list[int],
+    field_count=None,
+    bounds: QuoteBounds = DEFAULT_QUOTE_BOUNDS,
+):
+    plan = plan_chunks(_blocks(data, block_sizes), len(data), chunk_bytes, bounds)
     records = []
     for chunk in plan.chunks:
-        part = read_chunk(
-            data[chunk.start : chunk.end], chunk.start, chunk.end == len(data), field_count
-        )
+        part = read_chunk(data[chunk.start : chunk.end], chunk.start, field_count, bounds)
         records.extend(part.records)
     return plan, records
 
@@ -107,11 +122,11 @@ def csv_files(draw):
 )
 def test_chunks_yield_exactly_the_records_of_the_whole_file(data, chunk_bytes, block_sizes):
     expected = _expected(data)
-    plan, records = _read_all(data, chunk_bytes, block_sizes)
+    plan, records = _read_all(data, chunk_bytes, block_sizes, bounds=WIDE_QUOTES)
     # The Arrow path (the header's field count known) and the csv path read alike, also
     # with every record off by one field (all left to csv, one by one).
     for field_count in (len(expected[0]), len(expected[0]) + 1):
-        _, columnar = _read_all(data, chunk_bytes, block_sizes, field_count)
+        _, columnar = _read_all(data, chunk_bytes, block_sizes, field_count, WIDE_QUOTES)
         assert [(r.offset, r.end, r.error) for r in columnar] == [
             (r.offset, r.end, r.error) for r in records
         ]
@@ -149,7 +164,7 @@ def test_arrow_reads_regular_chunks_and_declines_the_rest():
         100 + regular.index(k) for k in (b"a,", b"b,", b"c,", b"d,")
     ]
     # The same chunk read whole takes the fast path with the quotes the record scan found.
-    whole = read_chunk_columns(regular, 100, True, 3)
+    whole = read_chunk_columns(regular, 100, 3)
     assert isinstance(whole, ColumnarChunk) and whole.table.equals(chunk.table)
     for irregular in (
         b'a,ab"c,1\n',
@@ -210,12 +225,14 @@ def test_header_with_unclosed_quote_is_rejected():
         plan_chunks([data], len(data), 1024)
 
 
-def test_unclosed_quote_at_end_of_file_is_one_malformed_record():
+def test_a_quote_that_never_closes_cuts_its_line_and_the_rest_is_read():
     data = b'sku,name\na,b\nc,"never closed\nd,e\n'
     plan, records = _read_all(data, 1024, [5])
-    assert plan.unterminated_quote and plan.record_count == 2
+    assert plan.unclosed_quotes == 1 and plan.record_count == 3
     assert records[0].fields == ["a", "b"]
-    assert records[1].error == MALFORMED_ROW and records[1].offset == data.index(b"c,")
+    assert records[1].error == UNCLOSED_QUOTE and records[1].offset == data.index(b"c,")
+    assert records[1].end == data.index(b"\nd,")
+    assert records[2].fields == ["d", "e"]
 
 
 def test_undecodable_record_is_an_encoding_error_and_neighbours_survive():
@@ -288,41 +305,73 @@ def test_header_from_prefix_rejects_unreadable_headers(data, message):
         header_from_prefix(data, len(data))
 
 
-class _WalkingScanner(RecordScanner):
-    """The scanner with its loop-free path turned off: every quote is walked one by one."""
-
-    def _alternating(self, arr, quotes):
-        return None
-
-
 @settings(max_examples=300, deadline=None)
 @given(
     text=st.lists(
         st.sampled_from(['"', '""', ",", "\n", "\r", "\r\n", "a", 'a"', ',"']), max_size=60
     ),
-    block_sizes=st.lists(st.integers(min_value=1, max_value=12), min_size=1, max_size=4),
+    prev=st.sampled_from([LF, ord(","), ord("a")]),
 )
-def test_loop_free_quote_scan_finds_the_record_ends_of_the_walk(text, block_sizes):
-    """Where quotes simply alternate the scan skips its per-quote loop; on any bytes, fed
-    in any pieces, it finds the same record ends and ends in the same state."""
+def test_loop_free_quote_scan_finds_the_fields_of_the_walk(text, prev):
+    """Where quotes simply alternate the scan skips its per-quote loop; where it does,
+    it finds the fields the walk finds."""
+    arr = np.frombuffer("".join(text).encode(), np.uint8)
+    quotes = np.flatnonzero(arr == ord('"'))
+    fast = _alternating(arr, quotes, prev)
+    if fast is not None:
+        walked = _walk(arr, quotes.tolist(), prev)
+        assert [x.tolist() if hasattr(x, "tolist") else x for x in fast] == [
+            x.tolist() if hasattr(x, "tolist") else x for x in walked
+        ]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    text=st.lists(
+        st.sampled_from(['"', '""', ",", "\n", "\r", "\r\n", "a", 'a"', ',"', "\n" * 3]),
+        max_size=80,
+    ),
+    block_sizes=st.lists(st.integers(min_value=1, max_value=12), min_size=1, max_size=4),
+    max_bytes=st.integers(min_value=1, max_value=20),
+    max_line_feeds=st.integers(min_value=1, max_value=4),
+)
+def test_record_ends_do_not_depend_on_how_the_bytes_are_cut(
+    text, block_sizes, max_bytes, max_line_feeds
+):
+    """The unclosed-quote rule looks ahead (up to its bounds) and holds record ends
+    back: fed in any pieces, the scanner finds the ends and the unclosed quotes it finds
+    in one piece, and so does a reader starting at any record end it found."""
     data = "".join(text).encode()
-    fast, walked = RecordScanner(), _WalkingScanner()
-    offset = 0
-    for block in _blocks(data, block_sizes):
-        assert fast.feed(block, offset).tolist() == walked.feed(block, offset).tolist()
-        assert (fast.state, fast.prev_byte) == (walked.state, walked.prev_byte)
-        offset += len(block)
+    bounds = QuoteBounds(max_bytes, max_line_feeds)
+
+    def scan(pieces: list[bytes], base: int = 0):
+        scanner = RecordScanner(bounds)
+        ends, offset = [], base
+        for piece in pieces:
+            ends += scanner.feed(piece, offset).tolist()
+            offset += len(piece)
+        ends += scanner.finish().tolist()
+        return ends, [(u.quote, u.cut) for u in scanner.unclosed]
+
+    whole = scan([data])
+    assert scan(_blocks(data, block_sizes)) == whole
+    assert whole[0] == sorted(set(whole[0]))
+    for end in whole[0]:  # a chunk starting after any record end reads on alike
+        rest = scan([data[end + 1 :]], end + 1)
+        assert rest[0] == [e for e in whole[0] if e > end]
+        assert rest[1] == [u for u in whole[1] if u[0] > end]
 
 
 def test_loop_free_quote_scan_is_taken_for_regular_quotes():
-    scanner = RecordScanner()
     data = b'a,"b\nc",d\n"e""f",g\nh,i\n'
-    quotes = np.flatnonzero(np.frombuffer(data, np.uint8) == ord('"'))
-    assert scanner._alternating(np.frombuffer(data, np.uint8), quotes) is not None
-    assert scanner.feed(data).tolist() == [9, 18, 22]
+    arr = np.frombuffer(data, np.uint8)
+    quotes = np.flatnonzero(arr == ord('"'))
+    opens, closes, _ = _alternating(arr, quotes, LF)
+    assert (opens.tolist(), closes.tolist()) == ([2, 10], [6, 15])  # "" merged away
+    assert RecordScanner().feed(data).tolist() == [9, 18, 22]
     stray = b'a,b"c\n'  # a quote inside an unquoted field is literal: walked
-    quotes = np.flatnonzero(np.frombuffer(stray, np.uint8) == ord('"'))
-    assert RecordScanner()._alternating(np.frombuffer(stray, np.uint8), quotes) is None
+    arr = np.frombuffer(stray, np.uint8)
+    assert _alternating(arr, np.flatnonzero(arr == ord('"')), LF) is None
 
 
 @pytest.mark.parametrize("chunk_bytes", [0, -5, 1023, 2 * 1024**3 + 1, 10**20, 64.5, True])
@@ -338,3 +387,14 @@ def test_the_smallest_and_largest_chunk_sizes_are_allowed():
     data = b"sku,name\na,b\n"
     for chunk_bytes in (1024, 2 * 1024**3):
         assert plan_chunks([data], len(data), chunk_bytes).record_count == 1
+
+
+@pytest.mark.parametrize("rows", [3, 100_000])  # all in one block, or over 1 MiB
+def test_bare_cr_line_ends_are_rejected_as_such(rows):
+    data = b"sku,name,url\r" + b"A-1,Thing,https://x.example.com\r" * rows
+    with pytest.raises(HeaderError, match="bare CR"):
+        plan_chunks([data], len(data), 1 << 20)
+    with pytest.raises(HeaderError, match="bare CR"):
+        header_from_prefix(data[:4096], len(data))
+    # CRLF and a lone CR at the very end stay fine.
+    assert header_from_prefix(b"sku,name,url\r", 13) == ("sku", "name", "url")

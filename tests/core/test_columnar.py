@@ -206,14 +206,14 @@ def _check_same(data: bytes, header: list[str]) -> tuple[int, int]:
     mapping = map_header(header)
     base = data.index(b"\n") + 1
     body = data[base:]
-    outcome = process_chunk_bytes(body, base, mapping, True)
+    outcome = process_chunk_bytes(body, base, mapping)
     expected_items, expected_invalid, expected_valid = _reference(body, base, mapping)
     got = [tuple(row.values()) for row in outcome.items.to_pylist()]
     assert outcome.items.column_names == [*STAGE_SCHEMA.names, "content_hash"]
     assert got == expected_items
     assert [(r.byte_offset, r.reasons) for r in outcome.invalid] == expected_invalid
     assert outcome.valid_rows == expected_valid
-    chunk = read_chunk_columns(body, base, True, mapping.field_count)
+    chunk = read_chunk_columns(body, base, mapping.field_count)
     accepted = accept_rows(chunk.table, mapping)[0] if isinstance(chunk, ColumnarChunk) else []
     return int(np.sum(accepted)), expected_valid
 
@@ -246,7 +246,7 @@ def test_fast_path_declines_what_only_the_rules_can_judge():
     data = _encode(header, rows)
     mapping = map_header(header)
     base = data.index(b"\n") + 1
-    chunk = read_chunk_columns(data[base:], base, True, mapping.field_count)
+    chunk = read_chunk_columns(data[base:], base, mapping.field_count)
     assert isinstance(chunk, ColumnarChunk)
     accepted, _ = accept_rows(chunk.table, mapping)
     assert accepted.tolist() == [True, False, False, False, False, False, False]
@@ -323,7 +323,7 @@ def test_fast_path_and_rules_agree_on_punycode_hosts(hosts: list[str]) -> None:
     _check_same(data, header)
     mapping = map_header(header)
     base = data.index(b"\n") + 1
-    chunk = read_chunk_columns(data[base:], base, True, mapping.field_count)
+    chunk = read_chunk_columns(data[base:], base, mapping.field_count)
     assert isinstance(chunk, ColumnarChunk)
     accepted = accept_rows(chunk.table, mapping)[0]
     for host, taken in zip(hosts, accepted.tolist(), strict=True):

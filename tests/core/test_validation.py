@@ -658,10 +658,21 @@ def test_map_header_full() -> None:
     )
 
 
-def test_first_duplicate_wins_and_later_ones_are_ignored() -> None:
-    mapping = map_header(["name", "sku", "Title", "url", "SKU", "product_name"])
+def test_of_two_aliases_of_a_column_the_first_wins_and_the_later_is_ignored() -> None:
+    mapping = map_header(["name", "sku", "Title", "url", "product_name", "colour"])
     assert mapping.positions == {"name": 0, "sku": 1, "url": 3}
-    assert mapping.ignored == ("Title", "SKU", "product_name")
+    assert mapping.ignored == ("Title", "product_name", "colour")
+
+
+def test_the_same_column_named_twice_is_rejected_naming_both() -> None:
+    from catalog_pipeline.core.validation import DuplicateColumnsError
+
+    with pytest.raises(DuplicateColumnsError) as raised:
+        map_header(["name", "sku", "url", "SKU", "Name ", "note", "note"])
+    message = str(raised.value)
+    assert "'sku' and 'SKU' (columns 2, 4)" in message
+    assert "'name' and 'Name ' (columns 1, 5)" in message
+    assert "note" not in message  # unknown columns are ignored, twice or not
 
 
 def test_bom_on_first_name_is_ignored() -> None:

@@ -228,7 +228,7 @@ def test_concurrent_chunks_sharing_skus_do_not_deadlock(postgres_engine, local_b
     outcomes = []
     for chunk in planned.chunks:
         data = local_bucket.read_range(planned.info, chunk.start, chunk.end)
-        outcomes.append(process_chunk_bytes(data, chunk.start, mapping, chunk.index == 1))
+        outcomes.append(process_chunk_bytes(data, chunk.start, mapping))
 
     def write(index: int, barrier: threading.Barrier, run_id: str) -> None:
         barrier.wait()
