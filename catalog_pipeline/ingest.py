@@ -246,9 +246,9 @@ def _ingest_chunk(
             raise ChunkError(
                 key, chunk.index, chunk.start, f"read {len(data)} bytes, planned {chunk.size}"
             )
-        outcome: ChunkOutcome = process_chunk_bytes(
-            data, chunk.start, mapping, planned.quote_bounds
-        )
+        # (A plan passed on by a run from before the bounds existed has none: the defaults.)
+        bounds = getattr(planned, "quote_bounds", DEFAULT_QUOTE_BOUNDS)
+        outcome: ChunkOutcome = process_chunk_bytes(data, chunk.start, mapping, bounds)
         seconds = time.perf_counter() - started
         # One transaction: a retry after a dropped connection rewrites the same rows.
         retrying(
