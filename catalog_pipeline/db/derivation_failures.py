@@ -174,6 +174,20 @@ def clear_failures(connectable: Connection | Engine, deriver: str, item_ids: Ite
     return removed
 
 
+def failed_item_ids(
+    connectable: Connection | Engine, deriver: str, item_ids: Iterable[int]
+) -> set[int]:
+    """Those of `item_ids` with a failure on record for `deriver`."""
+    found: set[int] = set()
+    with _connection(connectable, write=False) as connection:
+        for chunk in _chunks(dict.fromkeys(item_ids)):
+            query = select(_ledger.item_id).where(
+                _ledger.deriver == deriver, _ledger.item_id.in_(chunk)
+            )
+            found.update(connection.execute(query).scalars())
+    return found
+
+
 def blocked_item_ids(connectable: Connection | Engine, deriver: str, max_failures: int) -> set[int]:
     """Ids of the items `deriver` leaves out (see `blocked`); for small catalogs and tests,
     item queries use `blocked` itself."""

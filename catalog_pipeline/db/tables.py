@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from sqlalchemy import (
+    REAL,
     BigInteger,
     Boolean,
     Column,
@@ -14,12 +15,14 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
     Text,
     UniqueConstraint,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.types import TypeDecorator
 
 metadata = MetaData(
@@ -295,4 +298,24 @@ repair_history = Table(
     Column("outcome", Text, nullable=False),
     Column("run_id", String(64)),
     Index(None, "object_key"),
+)
+
+
+# A vector: `real[]` on PostgreSQL (pgvector indexes it through a cast to `vector(n)`, per
+# model: see db/embeddings.py), little-endian float32 bytes on SQLite.
+VECTOR = LargeBinary().with_variant(ARRAY(REAL()), "postgresql")
+
+# One vector per item and embedder (migration 0006). `content_hash` is the item's when it
+# was embedded (a cheap "may have changed" test); `input_hash` is of the embedded text and
+# the embedder, so an item whose other fields changed is not embedded again.
+item_embeddings = Table(
+    "item_embeddings",
+    metadata,
+    Column("item_id", Integer, primary_key=True, autoincrement=False),
+    Column("embedder", String(200), primary_key=True),
+    Column("dimension", Integer, nullable=False),
+    Column("content_hash", String(64), nullable=False),
+    Column("input_hash", String(64), nullable=False),
+    Column("embedding", VECTOR, nullable=False),
+    Column("embedded_at", UtcDateTime, nullable=False, default=utcnow),
 )

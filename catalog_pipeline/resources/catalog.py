@@ -10,6 +10,7 @@ from sqlalchemy import Engine
 
 from catalog_pipeline.core.bucket import DEFAULT_BUCKET_URL, Bucket, S3Bucket, open_bucket
 from catalog_pipeline.core.chunking import DEFAULT_CHUNK_BYTES
+from catalog_pipeline.core.embedding.hashing import DEFAULT_DIMENSION
 from catalog_pipeline.core.openai_classifier import DEFAULT_BASE_URL as DEFAULT_CLASSIFIER_URL
 from catalog_pipeline.core.openai_classifier import DEFAULT_MODEL as DEFAULT_CLASSIFIER_MODEL
 from catalog_pipeline.core.records import (
@@ -20,6 +21,11 @@ from catalog_pipeline.core.records import (
 from catalog_pipeline.core.retry import retrying
 from catalog_pipeline.db.engine import ensure_current, make_engine
 from catalog_pipeline.resources.classifier import ClassifierResource
+from catalog_pipeline.resources.embedder import (
+    DEFAULT_OPENAI_MODEL,
+    DEFAULT_OPENAI_URL,
+    EmbedderResource,
+)
 from catalog_pipeline.settings import (
     BUCKET_URL,
     CHUNK_BYTES,
@@ -31,6 +37,12 @@ from catalog_pipeline.settings import (
     CLASSIFIER_OPENAI_MODEL,
     CLASSIFIER_TIMEOUT_SECONDS,
     DATABASE_URL,
+    EMBEDDER,
+    EMBEDDINGS_API_KEY,
+    EMBEDDINGS_BATCH_SIZE,
+    EMBEDDINGS_DIMENSIONS,
+    EMBEDDINGS_MODEL,
+    EMBEDDINGS_URL,
     MAX_QUOTED_BYTES,
     MAX_QUOTED_LINE_FEEDS,
     S3_ENDPOINT_URL,
@@ -116,4 +128,16 @@ def default_resources() -> dict[str, dg.ConfigurableResource]:
             timeout_seconds=_env_or(CLASSIFIER_TIMEOUT_SECONDS, 30, dg.EnvVar.int),
             max_retries=_env_or(CLASSIFIER_MAX_RETRIES, 4, dg.EnvVar.int),
         ),
+        "embedder": default_embedder(),
     }
+
+
+def default_embedder() -> EmbedderResource:
+    return EmbedderResource(
+        kind=_env_or(EMBEDDER, "hashing"),
+        dimensions=_env_or(EMBEDDINGS_DIMENSIONS, DEFAULT_DIMENSION, dg.EnvVar.int),
+        openai_base_url=_env_or(EMBEDDINGS_URL, DEFAULT_OPENAI_URL),
+        openai_model=_env_or(EMBEDDINGS_MODEL, DEFAULT_OPENAI_MODEL),
+        openai_api_key=_env_or(EMBEDDINGS_API_KEY, None),
+        batch_size=_env_or(EMBEDDINGS_BATCH_SIZE, 64, dg.EnvVar.int),
+    )

@@ -11,9 +11,9 @@ one an operator set.
 
 import dagster as dg
 
-# `classifier`: two runs must never call the same model at once.
+# `classifier`, `embedder`: two runs must never call the same model at once.
 # `stats_provider`: one drain at a time spends the provider quota in rank order.
-POOL_LIMITS = {"classifier": 1, "stats_provider": 1}
+POOL_LIMITS = {"classifier": 1, "embedder": 1, "stats_provider": 1}
 
 
 def ensure_pool_limits(instance: dg.DagsterInstance, limits: dict[str, int]) -> dict[str, int]:
@@ -33,7 +33,8 @@ def ensure_pool_limits(instance: dg.DagsterInstance, limits: dict[str, int]) -> 
     name="pool_limits_sensor",
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=60,
-    description="Sets pool limits the code needs (classifier: 1, stats_provider: 1) where "
+    description="Sets pool limits the code needs (classifier: 1, embedder: 1, "
+    "stats_provider: 1) where "
     "no operator set one.",
 )
 def pool_limits_sensor(context: dg.SensorEvaluationContext) -> dg.SkipReason:

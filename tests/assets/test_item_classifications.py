@@ -355,7 +355,7 @@ def test_classification_runs_in_the_classifier_pool_and_the_sensor_sets_its_limi
     node = defs.resolve_assets_def(ITEM_CLASSIFICATIONS).node_def
     assert node.pool == CLASSIFIER_POOL
     assert defs.resolve_job_def(RECLASSIFY_JOB).graph.node_defs[0].pool == CLASSIFIER_POOL
-    assert POOL_LIMITS == {CLASSIFIER_POOL: 1, "stats_provider": 1}
+    assert POOL_LIMITS == {CLASSIFIER_POOL: 1, "embedder": 1, "stats_provider": 1}
     sensor = defs.resolve_sensor_def("pool_limits_sensor")
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
     local = {"concurrency": {"pools": {"default_limit": 2, "granularity": "op"}}}
