@@ -16,7 +16,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from sqlalchemy import Engine
 
@@ -28,6 +28,7 @@ from catalog_pipeline.db import embeddings as db
 from catalog_pipeline.db.tables import utcnow
 
 FAILURES_KEPT = 20
+BULK_LOAD_ITEMS = 1000  # from this many new vectors, the HNSW index is built after them
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,11 +74,59 @@ def embed_catalog(
         lambda: db.count_pending(engine, key, force, leave_out), f"{key}: counting items"
     )
     planned = pending if limit is None else min(limit, pending)
-    embedded = failed = done = 0
-    failures: list[tuple[str, str]] = []
+    bulk = engine.dialect.name == "postgresql" and planned >= BULK_LOAD_ITEMS
+    if bulk and planned > retrying(lambda: db.count_stored(engine, key), f"{key}: counting"):
+        # More new vectors than stored ones: build the index once, after them.
+        retrying(lambda: db.drop_vector_index(engine, key), f"{key}: dropping the index")
+    else:
+        bulk = False
+    tally = _Tally()
+    try:
+        _embed_batches(engine, embedder, force, leave_out, planned, progress, tally)
+    finally:
+        if bulk:
+            _rebuild_index(engine, key, dimension, failing=sys.exc_info()[0] is not None)
+    embedded, failed, done, failures = tally.embedded, tally.failed, tally.done, tally.failures
+    counts = retrying(
+        lambda: db.count_embeddings(engine, key, max_failures), f"{key}: counting vectors"
+    )
+    return EmbedSummary(
+        embedder=key,
+        dimension=dimension,
+        embedded=embedded,
+        skipped=max(0, counts.items - embedded - failed - blocked - (pending - done)),
+        failed=failed,
+        blocked=blocked,
+        deferred=pending - done,
+        items=counts.items,
+        coverage=round(counts.coverage, 4),
+        seconds=round(time.monotonic() - started, 3),
+        failures=tuple(failures[:FAILURES_KEPT]),
+    )
+
+
+@dataclass(slots=True)
+class _Tally:
+    embedded: int = 0
+    failed: int = 0
+    done: int = 0  # pending items read
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _embed_batches(
+    engine: Engine,
+    embedder: Embedder,
+    force: bool,
+    leave_out: int | None,
+    planned: int,
+    progress: Callable[[int, int], None] | None,
+    tally: _Tally,
+) -> None:
+    """Embed up to `planned` pending items, a batch at a time, counting into `tally`."""
+    key, dimension = embedder.key, embedder.dimension
     after = 0
-    while done < planned:
-        size = min(embedder.batch_size, planned - done)
+    while tally.done < planned:
+        size = min(embedder.batch_size, planned - tally.done)
         batch = retrying(
             lambda after=after, size=size: db.pending_documents(
                 engine, key, force, leave_out, size, after
@@ -87,7 +136,7 @@ def embed_catalog(
         if not batch:
             break
         after = batch[-1][0].item_id
-        done += len(batch)
+        tally.done += len(batch)
         hashes = [input_hash(key, document.text()) for document, _ in batch]
         rows: list[tuple[int, str, str, object]] = []
         to_embed = []
@@ -97,7 +146,7 @@ def embed_catalog(
             else:
                 to_embed.append((document, new))
         result = embedder.embed_documents([document for document, _ in to_embed])
-        if not embedded and 1 < len(to_embed) == len(result.failures):
+        if not tally.embedded and 1 < len(to_embed) == len(result.failures):
             _check_not_all_refused(engine, key, [d.item_id for d, _ in to_embed], result)
         for row, position in enumerate(result.embedded):
             document, new = to_embed[position]
@@ -124,27 +173,22 @@ def embed_catalog(
                 ),
                 f"{key}: recording failures",
             )
-            failures += [(to_embed[p][0].sku, r) for p, r in result.failures.items()]
-        embedded += len(result.embedded)
-        failed += len(result.failures)
+            tally.failures += [(to_embed[p][0].sku, r) for p, r in result.failures.items()]
+        tally.embedded += len(result.embedded)
+        tally.failed += len(result.failures)
         if progress is not None:
-            progress(done, planned)
-    counts = retrying(
-        lambda: db.count_embeddings(engine, key, max_failures), f"{key}: counting vectors"
-    )
-    return EmbedSummary(
-        embedder=key,
-        dimension=dimension,
-        embedded=embedded,
-        skipped=max(0, counts.items - embedded - failed - blocked - (pending - done)),
-        failed=failed,
-        blocked=blocked,
-        deferred=pending - done,
-        items=counts.items,
-        coverage=round(counts.coverage, 4),
-        seconds=round(time.monotonic() - started, 3),
-        failures=tuple(failures[:FAILURES_KEPT]),
-    )
+            progress(tally.done, planned)
+
+
+def _rebuild_index(engine: Engine, key: str, dimension: int, failing: bool) -> None:
+    """The index dropped for a bulk load, built again; when the load failed, a failure
+    here (the database may be what failed) must not hide the load's error: the next run
+    builds it."""
+    try:
+        retrying(lambda: db.ensure_vector_index(engine, key, dimension), f"{key}: index")
+    except Exception:
+        if not failing:
+            raise
 
 
 def _check_not_all_refused(

@@ -23,7 +23,12 @@ from catalog_pipeline.db import embeddings as db
 from catalog_pipeline.db.derivation_failures import failure_counts
 from catalog_pipeline.db.tables import catalog_items
 from catalog_pipeline.db.tables import item_embeddings as vectors_table
-from catalog_pipeline.embeddings import embed_catalog, search_catalog, similar_items
+from catalog_pipeline.embeddings import (
+    BULK_LOAD_ITEMS,
+    embed_catalog,
+    search_catalog,
+    similar_items,
+)
 from catalog_pipeline.ingest import ingest_object
 from catalog_pipeline.resources.catalog import CatalogDatabase
 from catalog_pipeline.resources.embedder import EmbedderResource
@@ -185,9 +190,10 @@ def test_a_batch_refused_whole_for_one_reason_fails_the_run_not_the_items(sqlite
 
 
 def test_postgres_uses_the_hnsw_index_of_the_embedder(vector_postgres_engine, tmp_path):
-    _catalog(vector_postgres_engine, tmp_path, count=50)
+    items = _catalog(vector_postgres_engine, tmp_path, count=600)
     embedder = HashingEmbedder()
-    embed_catalog(vector_postgres_engine, embedder)
+    assert len(items) >= BULK_LOAD_ITEMS  # a bulk load: the index is built after it
+    assert embed_catalog(vector_postgres_engine, embedder).embedded == len(items)
     query = "[" + ",".join("0.1" for _ in range(256)) + "]"
     with vector_postgres_engine.begin() as connection:
         connection.execute(text("SET LOCAL enable_seqscan = off"))
