@@ -260,7 +260,7 @@ def _explain(error: BaseException) -> tuple[str, str]:
     # Our own sentences show URLs without passwords; a library's may quote one whole.
     message = str(error) if isinstance(error, UsageError) else redact_secrets(root_cause(error))
     if isinstance(error, UsageError | ValueError | BucketError):
-        hint = "Check the command line and the CATALOG_* settings (see docs/operations.md)."
+        hint = "Check the command line and the CATALOG_* settings (see docs/configuration.md)."
     elif is_configuration_error(error):
         hint = (
             "No retry can fix this: check the host, user, password and database name of "
