@@ -27,10 +27,12 @@ _items = catalog_items.c
 _vectors = item_embeddings.c
 _SCAN_ROWS = 50_000  # rows a block of the exact scan (SQLite): 50 MB at 256 dimensions
 # HNSW: pgvector's defaults (m 16, ef_construction 64, ef_search 40) missed an item's exact
-# name for 8 of 300 demo names (catalogs list one product many times, and many equal
-# vectors hurt the graph); these found all 300, for about twice the build time.
-HNSW_M, HNSW_EF_CONSTRUCTION = 24, 128
-_EF_SEARCH_MIN = 100  # candidates a search keeps; twice the limit for larger limits
+# name for 8 of 300 demo names, and m 24 / 128 / 100 still gave recall@10 0.92-0.96 at 100k
+# vectors, with some queries finding nothing right: lexical hashing vectors are hard for a
+# graph index (many near-equal names, a high intrinsic dimension). These gave 0.9995, for
+# about twice the build time (benchmarks/embeddings.py, docs/search.md).
+HNSW_M, HNSW_EF_CONSTRUCTION = 32, 200
+_EF_SEARCH_MIN = 200  # candidates a search keeps; twice the limit for larger limits
 
 
 class VectorSearchUnavailableError(PermanentError):
