@@ -145,14 +145,7 @@ def test_items_the_embedder_refuses_are_counted_retried_then_left_out(sqlite_eng
             select(catalog_items.c.id, catalog_items.c.name).order_by(catalog_items.c.id).limit(2)
         ).all()
     with EmbeddingsServer() as server:
-        embedder = OpenAIEmbedder(
-            server.base_url,
-            None,
-            "test-embed",
-            16,
-            batch_size=16,
-            retry_policy=RetryPolicy(budget_seconds=2, first_delay=0.01, max_delay=0.1),
-        )
+        embedder = _client(server, batch_size=16)
         server.poison = {_document_text(sqlite_engine, i) for i, _ in refused}
         runs = [embed_catalog(sqlite_engine, embedder, max_failures=2) for _ in range(3)]
         retried = embed_catalog(sqlite_engine, embedder, max_failures=2, retry_failed=True)
@@ -166,23 +159,24 @@ def test_items_the_embedder_refuses_are_counted_retried_then_left_out(sqlite_eng
     assert "refused" in runs[0].failures[0][1]
 
 
+def _client(server: EmbeddingsServer, batch_size: int) -> OpenAIEmbedder:
+    """An OpenAI-compatible client of the contract server, with a short retry budget."""
+    short = RetryPolicy(budget_seconds=2, first_delay=0.01, max_delay=0.1)
+    return OpenAIEmbedder(
+        server.base_url, None, "test-embed", 16, batch_size=batch_size, retry_policy=short
+    )
+
+
 def _document_text(engine, item_id: int) -> str:
     """The text the embedder is sent for the item."""
     documents = db.pending_documents(engine, "none@1", True, None, 1, item_id - 1)
     return documents[0][0].text()
 
 
-def test_a_batch_refused_whole_for_one_reason_fails_the_run_not_the_items(sqlite_engine, tmp_path):
+def test_a_first_batch_refused_whole_fails_the_run_not_the_items(sqlite_engine, tmp_path):
     _catalog(sqlite_engine, tmp_path, count=10)
     with EmbeddingsServer() as server:
-        embedder = OpenAIEmbedder(
-            server.base_url,
-            None,
-            "test-embed",
-            16,
-            batch_size=8,
-            retry_policy=RetryPolicy(budget_seconds=2, first_delay=0.01, max_delay=0.1),
-        )
+        embedder = _client(server, batch_size=8)
         server.poison = {_document_text(sqlite_engine, i) for i in range(1, 21)}
         with pytest.raises(EmbedderError, match="configuration"):
             embed_catalog(sqlite_engine, embedder)
