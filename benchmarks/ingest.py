@@ -300,7 +300,6 @@ def dagster(path: Path, url: str, chunk_bytes: int, workers: int) -> dict:
 
     from catalog_pipeline.assets.partitions import partition_key_for, source_csvs
     from catalog_pipeline.db.ingest import latest_summary
-    from catalog_pipeline.jobs import executor_run_config
 
     engine = _fresh_engine(url)
     with (
@@ -315,14 +314,9 @@ def dagster(path: Path, url: str, chunk_bytes: int, workers: int) -> dict:
                 dg.reconstructable(ingest_job),
                 instance=instance,
                 run_config={
-                    # What the sensor asks for on a machine with `workers` cores (one
-                    # concurrent step per core plus one); one worker means one step.
-                    **executor_run_config(
-                        path.stat().st_size,
-                        chunk_bytes,
-                        cores=workers,
-                        steps=1 if workers == 1 else None,
-                    ),
+                    # What catalog_executor decides on a machine with `workers` cores
+                    # (one concurrent step per core plus one); one worker, one step.
+                    **_execution_for(path.stat().st_size, chunk_bytes, workers),
                     "loggers": {"console": {"config": {"log_level": "WARNING"}}},
                 },
                 tags={"dagster/partition": partition},
@@ -340,6 +334,14 @@ def dagster(path: Path, url: str, chunk_bytes: int, workers: int) -> dict:
         # Steps run in worker processes (in-process for small files: this one).
         chunk_step_peak_rss_mb=steps_rss.peak_mb or _peak_rss_mb(),
     )
+
+
+def _execution_for(size: int, chunk_bytes: int, workers: int) -> dict:
+    """The run config for catalog_executor's own decision on a `workers`-core machine."""
+    from catalog_pipeline.executor import choose_execution, execution_run_config
+
+    chosen = choose_execution(size, chunk_bytes, steps=1 if workers == 1 else None, cores=workers)
+    return execution_run_config(chosen.mode, chosen.max_concurrent)
 
 
 def planning(path: Path, chunk_bytes: int) -> dict:

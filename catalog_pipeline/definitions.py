@@ -9,6 +9,7 @@ from catalog_pipeline.assets.embeddings import embedding_coverage, item_embeddin
 from catalog_pipeline.assets.ingest import catalog_ingest
 from catalog_pipeline.assets.playcount import playcount_history
 from catalog_pipeline.assets.quality import catalog_quality
+from catalog_pipeline.executor import catalog_executor
 from catalog_pipeline.jobs import catalog_ingest_job
 from catalog_pipeline.observability import loggers_from_environment
 from catalog_pipeline.resources.catalog import default_resources
@@ -72,7 +73,7 @@ def build_definitions(resources: dict | None = None) -> dg.Definitions:
             "stats_provider": default_stats_provider(),
             **(resources or {}),
         },
-        executor=dg.multi_or_in_process_executor,
+        executor=catalog_executor,
         loggers=loggers_from_environment(),
     )
 

@@ -16,6 +16,8 @@ import dagster as dg
 
 from catalog_pipeline.core.bucket import Bucket, ObjectInfo
 from catalog_pipeline.definitions import build_definitions
+from catalog_pipeline.executor import IN_PROCESS as IN_PROCESS_MODE
+from catalog_pipeline.executor import execution_run_config
 from catalog_pipeline.jobs import INGEST_JOB
 from catalog_pipeline.resources.catalog import BucketResource, CatalogDatabase, IngestSettings
 
@@ -80,7 +82,7 @@ def faulty_ingest_job() -> dg.JobDefinition:
     ).resolve_job_def(INGEST_JOB)
 
 
-IN_PROCESS = {"execution": {"config": {"in_process": {}}}}
+IN_PROCESS = execution_run_config(IN_PROCESS_MODE)
 
 
 def execute_faulty_ingest(

@@ -14,7 +14,7 @@ from sqlalchemy.engine import make_url
 from catalog_pipeline.assets.partitions import partition_key_for, source_csvs
 from catalog_pipeline.core.samples import HEADER, sample_csv
 from catalog_pipeline.db.engine import make_engine
-from catalog_pipeline.jobs import multiprocess_config
+from catalog_pipeline.executor import MULTIPROCESS, execution_run_config
 from tests.dagster_jobs import faulty_ingest_job
 from tests.helpers import content_dump
 
@@ -72,7 +72,7 @@ def test_production_instance_on_postgres_loads_and_completes_an_ingest_run(
         result = dg.execute_job(
             dg.reconstructable(faulty_ingest_job),
             instance,
-            run_config={"execution": {"config": {"multiprocess": multiprocess_config(2)}}},
+            run_config=execution_run_config(MULTIPROCESS, max_concurrent=2),
             tags={"dagster/partition": partition_key_for(KEY)},
         )
         assert result.success

@@ -1,35 +1,37 @@
-"""The executor the sensor asks for, by file size."""
+"""`catalog_executor`'s one decision: in process for small objects, forked chunk steps
+for large ones, whatever launched the run."""
 
 from __future__ import annotations
 
-from catalog_pipeline.jobs import executor_run_config
+from catalog_pipeline.executor import IN_PROCESS, MULTIPROCESS, choose_execution
 
 MIB = 1 << 20
 
 
-def _multiprocess(config: dict) -> dict:
-    return config["execution"]["config"]["multiprocess"]
-
-
 def test_files_of_up_to_three_chunks_run_in_process():
-    assert executor_run_config(3 * 64 * MIB, 64 * MIB, cores=8) == {
-        "execution": {"config": {"in_process": {}}}
-    }
+    execution = choose_execution(3 * 64 * MIB, 64 * MIB, cores=8)
+    assert (execution.mode, execution.max_concurrent) == (IN_PROCESS, None)
+    assert "3 chunks" in execution.reason
+
+
+def test_an_object_of_unknown_size_runs_in_process():
+    assert choose_execution(None, 64 * MIB).mode == IN_PROCESS
 
 
 def test_large_files_run_a_step_per_core_plus_one():
-    config = _multiprocess(executor_run_config(1300 * MIB, 64 * MIB, cores=2))
-    assert config["max_concurrent"] == 3
-    assert "forkserver" in config["start_method"]
+    execution = choose_execution(1300 * MIB, 64 * MIB, cores=2)
+    assert (execution.mode, execution.max_concurrent) == (MULTIPROCESS, 3)
 
 
 def test_never_more_concurrent_steps_than_chunks():
     # Four chunks on a 16-core machine: four steps, not seventeen.
-    assert (
-        _multiprocess(executor_run_config(4 * 64 * MIB, 64 * MIB, cores=16))["max_concurrent"] == 4
-    )
+    assert choose_execution(4 * 64 * MIB, 64 * MIB, cores=16).max_concurrent == 4
 
 
 def test_steps_can_be_set_outright():
-    config = executor_run_config(1300 * MIB, 64 * MIB, cores=2, steps=1)
-    assert _multiprocess(config)["max_concurrent"] == 1
+    assert choose_execution(1300 * MIB, 64 * MIB, steps=1).max_concurrent == 1
+
+
+def test_multiprocess_can_be_forced_for_a_small_file():
+    execution = choose_execution(10 * MIB, 64 * MIB, multiprocess=True, cores=2)
+    assert (execution.mode, execution.max_concurrent) == (MULTIPROCESS, 1)

@@ -5,11 +5,13 @@ import os
 import dagster as dg
 
 from catalog_pipeline import discovery
-from catalog_pipeline.assets.ingest import CATALOG_ITEMS
+from catalog_pipeline.assets.ingest import CATALOG_ITEMS, FILE_ACCEPTED
 from catalog_pipeline.assets.partitions import partition_key_for, source_csvs
 from catalog_pipeline.core.errors import RetriesExhaustedError, is_transient, root_cause
-from catalog_pipeline.jobs import catalog_ingest_job, executor_run_config
-from catalog_pipeline.resources.catalog import BucketResource, CatalogDatabase, IngestSettings
+from catalog_pipeline.executor import OBJECT_SIZE_TAG
+from catalog_pipeline.jobs import catalog_ingest_job
+from catalog_pipeline.observability import logger_run_config
+from catalog_pipeline.resources.catalog import BucketResource, CatalogDatabase
 
 OBJECT_KEY_TAG = "catalog/object_key"
 ETAG_TAG = "catalog/etag"
@@ -44,7 +46,6 @@ def build_new_csv_objects_sensor(
         context: dg.SensorEvaluationContext,
         bucket: BucketResource,
         catalog_db: CatalogDatabase,
-        ingest_settings: IngestSettings,
     ) -> dg.SensorResult:
         partitions = set(context.instance.get_dynamic_partitions(source_csvs.name))
         try:
@@ -69,26 +70,20 @@ def build_new_csv_objects_sensor(
                 dg.RunRequest(
                     run_key=run_key(key, info.etag),
                     partition_key=key,
-                    run_config=executor_run_config(info.size, ingest_settings.chunk_bytes),
-                    tags={OBJECT_KEY_TAG: info.key, ETAG_TAG: info.etag},
-                )
-            )
-        observations = []
-        for rejection in found.rejected:
-            context.log.warning(f"{rejection.info.key}: rejected: {rejection.reason}")
-            observations.append(
-                dg.AssetObservation(
-                    asset_key=CATALOG_ITEMS,
-                    partition=partition_key_for(rejection.info.key),
-                    metadata={
-                        "status": "rejected",
-                        "rejected_reason": rejection.reason,
-                        "object_key": rejection.info.key,
-                        "etag": rejection.info.etag,
-                        "bytes": rejection.info.size,
+                    # No executor config: `catalog_executor` decides from the size, as it
+                    # does for a run launched from the UI.
+                    run_config=logger_run_config(),
+                    tags={
+                        OBJECT_KEY_TAG: info.key,
+                        ETAG_TAG: info.etag,
+                        OBJECT_SIZE_TAG: str(info.size),
                     },
                 )
             )
+        rejections = []
+        for rejection in found.rejected:
+            context.log.warning(f"{rejection.info.key}: rejected: {rejection.reason}")
+            rejections.extend(rejection_events(rejection))
         for key, error in found.skipped:
             context.log.warning(f"{key}: skipped this tick: {error}")
         new_partitions = sorted(
@@ -97,7 +92,7 @@ def build_new_csv_objects_sensor(
         )
         context.log.info(
             f"scanned {found.scanned} objects after {context.cursor or '(start)'!r}: "
-            f"{len(requests)} to ingest, {len(observations)} rejected"
+            f"{len(requests)} to ingest, {len(found.rejected)} rejected"
         )
         return dg.SensorResult(
             run_requests=requests,
@@ -105,10 +100,45 @@ def build_new_csv_objects_sensor(
             dynamic_partitions_requests=(
                 [source_csvs.build_add_request(new_partitions)] if new_partitions else []
             ),
-            asset_events=observations,
+            asset_events=rejections,
         )
 
     return _sensor
+
+
+def rejection_events(
+    rejection: discovery.Rejection,
+) -> tuple[dg.AssetMaterialization, dg.AssetCheckEvaluation]:
+    """What a run of a rejected file would record, without the run: a materialization of
+    its partition with 0 rows, `status: rejected` and the reason, and `file_accepted`
+    failed as a warning. The partition then shows as materialized with the reason on its
+    page, as a file rejected by a run does, instead of "Missing" for ever."""
+    info, partition = rejection.info, partition_key_for(rejection.info.key)
+    materialization = dg.AssetMaterialization(
+        asset_key=CATALOG_ITEMS,
+        partition=partition,
+        description=f"rejected: {rejection.reason}",
+        metadata={
+            "dagster/row_count": dg.MetadataValue.int(0),
+            "status": "rejected",
+            "rejected_reason": rejection.reason,
+            "object_key": info.key,
+            "etag": info.etag,
+            "bytes": info.size,
+            "rows": 0,
+            "valid": 0,
+            "invalid": 0,
+        },
+    )
+    check = dg.AssetCheckEvaluation(
+        asset_key=CATALOG_ITEMS,
+        check_name=FILE_ACCEPTED,
+        passed=False,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"rejected_reason": rejection.reason, "object_key": info.key},
+        partition=partition,
+    )
+    return materialization, check
 
 
 new_csv_objects_sensor = build_new_csv_objects_sensor()

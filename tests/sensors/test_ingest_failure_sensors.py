@@ -17,6 +17,8 @@ from sqlalchemy import select
 from catalog_pipeline.core.samples import sample_csv
 from catalog_pipeline.db.tables import ingest_leases, ingest_run_failures, source_files
 from catalog_pipeline.definitions import build_definitions
+from catalog_pipeline.executor import MULTIPROCESS as MULTIPROCESS_MODE
+from catalog_pipeline.executor import execution_run_config
 from catalog_pipeline.sensors.failures import ingest_run_failure_sensor
 from tests.dagster_jobs import FAULT_SETTING, execute_faulty_ingest, resources
 from tests.helpers import content_dump
@@ -27,7 +29,7 @@ CHUNK_BYTES = 32 * 1024
 DATA = sample_csv(250, seed=31)
 # Spawned step processes: a forkserver would keep the environment of the first test that
 # started it, and these tests point the job at their own bucket and database by it.
-MULTIPROCESS = {"execution": {"config": {"multiprocess": {"max_concurrent": 2}}}}
+MULTIPROCESS = execution_run_config(MULTIPROCESS_MODE, max_concurrent=2, start_method="spawn")
 
 
 @pytest.fixture

@@ -123,7 +123,9 @@ def test_finds_keys_sorting_before_the_cursor_and_ignores_non_csv(tick, local_bu
         }
         request = third[0] if keys_of(third)[0] == "a_early.csv" else third[-1]
         assert request.partition_key == partition_key_for("a_early.csv")
-        assert request.run_config == {"execution": {"config": {"in_process": {}}}}
+        # No executor config: catalog_executor decides from the size tag, as for a UI run.
+        assert request.run_config == {}
+        assert request.tags["catalog/object_size"] == str(len(GOOD))
 
 
 def test_a_reupload_with_a_new_etag_is_requested_again(tick, local_bucket, sqlite_engine):
@@ -187,9 +189,25 @@ def test_empty_and_unreadable_objects_are_rejected_without_stopping_the_tick(
         assert "empty" in rows["a_empty.csv"]
         assert "not valid UTF-8 at byte 0" in rows["b_binary.csv"]
         assert "'url'" in rows["c_no_url.csv"]
-        observed = {e.metadata["object_key"].value: e for e in result.asset_events}
-        assert set(observed) == set(rows)
-        assert all(e.metadata["status"].value == "rejected" for e in observed.values())
+        for event in result.asset_events:  # as the daemon stores a sensor's events
+            instance.report_runless_asset_event(event)
+        # Each rejected partition is materialized with 0 rows and its reason (not left
+        # "Missing"), and its `file_accepted` check failed as a warning.
+        stored = instance.fetch_materializations(dg.AssetKey("catalog_items"), limit=10)
+        materialized = {
+            record.partition_key: record.asset_materialization.metadata for record in stored.records
+        }
+        assert set(materialized) == {partition_key_for(key) for key in rows}
+        for key, reason in rows.items():
+            metadata = materialized[partition_key_for(key)]
+            assert metadata["status"].value == "rejected"
+            assert metadata["rejected_reason"].value == reason
+            assert metadata["dagster/row_count"].value == 0
+        checks = instance.event_log_storage.get_asset_check_execution_history(
+            dg.AssetCheckKey(dg.AssetKey("catalog_items"), "file_accepted"), limit=10
+        )
+        assert len(checks) == 3
+        assert {check.status.value for check in checks} == {"FAILED"}
         assert tick(instance)[0] == []  # recorded: a later sweep does not ask again
 
 
