@@ -1,4 +1,5 @@
-"""`catalog-pipeline`: headless ingest through the Dagster definitions, a demo, migrations."""
+"""`catalog-pipeline`: headless ingest through the Dagster definitions, a demo, the state of
+the pipeline, the work of its assets and schedules on demand, and migrations."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from catalog_pipeline import settings
 from catalog_pipeline.core.chunking import MAX_CHUNK_BYTES, MIN_CHUNK_BYTES
+from catalog_pipeline.progress import Progress, progress_wanted, shorten
 
 if TYPE_CHECKING:
     import dagster as dg
@@ -171,6 +173,104 @@ def _parser() -> argparse.ArgumentParser:
         help='print {"results": [{"sku", "name", "source", "score"}]} only',
     )
 
+    status = commands.add_parser(
+        "status",
+        help="files by status, catalog counts, last runs, queue depths, the sensor's last tick",
+        description="The state of the pipeline: files (object versions) by status, with the "
+        "age of the oldest one still ingesting; catalog items and invalid rows; the newest "
+        "ingest of the objects run last, with its outcome (from the Dagster instance of "
+        "$DAGSTER_HOME when set, else from the database); the playcount, classification and "
+        "embedding queues; the last tick of new_csv_objects_sensor (needs the instance). "
+        "--failed lists the failed files instead, each with its reason and the command that "
+        "retries it.",
+    )
+    status.add_argument(
+        "--failed",
+        action="store_true",
+        help="list the failed files, their reasons and `catalog-pipeline repair KEY` for each",
+    )
+    status.add_argument("--database-url", help=f"default: ${settings.DATABASE_URL} or SQLite")
+    status.add_argument(
+        "--json",
+        action="store_true",
+        help='print one JSON object only: {"files", "catalog_items", "invalid_rows", '
+        '"partitions", "queues", "sensor", ...}; with --failed {"failed": N, "files": [...]}',
+    )
+
+    classify = commands.add_parser(
+        "classify",
+        help="classify new and changed catalog items (the item_classifications asset's code)",
+        description="Classify every catalog item not yet classified by the active classifier "
+        "($CLASSIFIER: keyword, offline, by default; or openai) or changed since, with the "
+        "code of the item_classifications asset and reclassify_catalog_job. Items the "
+        "classifier fails on alone are counted and retried on the next run.",
+    )
+    classify.add_argument("--database-url", help=f"default: ${settings.DATABASE_URL} or SQLite")
+    classify.add_argument("--limit", type=int, help="classify at most this many items now")
+    classify.add_argument("--force", action="store_true", help="classify every item again")
+    classify.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="also send items left out after repeated failures",
+    )
+    classify.add_argument(
+        "--json",
+        action="store_true",
+        help='print a JSON summary only: {"classified": N, "skipped": N, "failed": N, ...}',
+    )
+
+    playcounts = commands.add_parser("playcounts", help="the playcount backfill")
+    playcount_commands = playcounts.add_subparsers(dest="playcounts_command", required=True)
+    backfill = playcount_commands.add_parser(
+        "backfill",
+        help="a playcount maintenance pass: reclaim, enqueue, call the provider within quota",
+        description="One pass of the playcount_history asset's maintenance: failed and "
+        "expired rows back to pending, items with an external_id and no provider history "
+        "queued, then the provider called for the best-ranked rows within the daily quota "
+        "($PLAYCOUNT_DAILY_QUOTA). First it prints what the pass would cost: items to "
+        "query, provider calls, quota left today. --source and --since narrow the items "
+        "queued and called (the reclaim is queue-wide, as the hourly schedule's).",
+    )
+    backfill.add_argument("--source", metavar="S", help="only items of this source")
+    backfill.add_argument(
+        "--since",
+        metavar="DATE",
+        help="only items first seen or updated since this ISO date (UTC) or timestamp",
+    )
+    backfill.add_argument(
+        "--dry-run", action="store_true", help="print the cost preview only; change nothing"
+    )
+    backfill.add_argument("--database-url", help=f"default: ${settings.DATABASE_URL} or SQLite")
+    backfill.add_argument(
+        "--json",
+        action="store_true",
+        help='print one JSON object only: {"dry_run", "preview": {...}, "result": {...}}',
+    )
+
+    retention = commands.add_parser(
+        "retention",
+        help="delete expired invalid-row logs and provider calls (invalid_log_retention_job)",
+        description="Delete invalid-row logs and stats-provider calls older than their "
+        "retention windows in bounded batches, with the defaults of invalid_log_retention_job "
+        "(90 and 400 days, 10,000 rows a batch, 100 batches a run). --dry-run counts what "
+        "would be deleted and deletes nothing.",
+    )
+    retention.add_argument(
+        "--dry-run", action="store_true", help="count the expired rows; delete nothing"
+    )
+    retention.add_argument(
+        "--invalid-log-days", type=int, metavar="DAYS", help="keep invalid-row logs this long"
+    )
+    retention.add_argument(
+        "--provider-call-days", type=int, metavar="DAYS", help="keep provider calls this long"
+    )
+    retention.add_argument("--database-url", help=f"default: ${settings.DATABASE_URL} or SQLite")
+    retention.add_argument(
+        "--json",
+        action="store_true",
+        help='print one JSON object only: {"dry_run", "tables": [{"table", "deleted", ...}]}',
+    )
+
     database = commands.add_parser("db", help="database maintenance")
     database_commands = database.add_subparsers(dest="db_command", required=True)
     upgrade = database_commands.add_parser("upgrade", help="apply migrations up to the newest")
@@ -186,6 +286,8 @@ def _run(arguments: argparse.Namespace) -> int:
     configure_python_logging()
     if arguments.command in ("embed", "search", "similar"):
         return _run_embeddings_command(arguments)
+    if arguments.command in ("status", "classify", "playcounts", "retention"):
+        return _run_catalog_command(arguments)
     if arguments.command == "repair":
         from catalog_pipeline.repair import run_repair_command
 
@@ -194,7 +296,7 @@ def _run(arguments: argparse.Namespace) -> int:
         )
     if arguments.command == "demo":
         _write_demo(arguments.rows, quiet=arguments.json)
-    results, skipped = ingest_bucket(progress=not arguments.json or sys.stderr.isatty())
+    results, skipped = ingest_bucket(progress=progress_wanted(arguments.json))
     if arguments.json:
         print(
             json.dumps(
@@ -249,6 +351,54 @@ def _run_embeddings_command(arguments: argparse.Namespace) -> int:
         hits = embeddings.similar_items(engine, embedder, arguments.sku, arguments.limit)
     embeddings.print_hits(hits, arguments.json)
     return EXIT_OK
+
+
+def _run_catalog_command(arguments: argparse.Namespace) -> int:
+    """`status`, `classify`, `playcounts backfill` and `retention`: commands on the catalog
+    database alone (no bucket), its URL checked first so a bad one is a usage error."""
+    from catalog_pipeline import commands
+    from catalog_pipeline.db.engine import make_engine
+
+    for option in ("limit", "invalid_log_days", "provider_call_days"):
+        value = getattr(arguments, option, None)
+        if value is not None and value < 0:
+            raise UsageError(f"--{option.replace('_', '-')} {value}: give 0 or more")
+    if getattr(arguments, "since", None) is not None:
+        try:
+            commands.parse_since(arguments.since)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+    _checked_engine(make_engine)
+    url = settings.setting(settings.DATABASE_URL)
+    if arguments.command == "status":
+        from catalog_pipeline.resources.catalog import CatalogDatabase
+        from catalog_pipeline.status import run_status_command
+
+        engine = CatalogDatabase(url=url).engine()
+        return run_status_command(engine, failed=arguments.failed, json_mode=arguments.json)
+    if arguments.command == "classify":
+        return commands.run_classify_command(
+            url,
+            limit=arguments.limit,
+            force=arguments.force,
+            retry_failed=arguments.retry_failed,
+            json_mode=arguments.json,
+        )
+    if arguments.command == "playcounts":
+        return commands.run_backfill_command(
+            url,
+            source=arguments.source,
+            since=arguments.since,
+            dry_run=arguments.dry_run,
+            json_mode=arguments.json,
+        )
+    return commands.run_retention_command(
+        url,
+        dry_run=arguments.dry_run,
+        json_mode=arguments.json,
+        invalid_log_days=arguments.invalid_log_days,
+        provider_call_days=arguments.provider_call_days,
+    )
 
 
 def _explain(error: BaseException) -> tuple[str, str]:
@@ -404,18 +554,26 @@ def ingest_bucket(progress: bool = True) -> tuple[list[FileResult], list[Skipped
     objects, skipped = retrying(lambda: list_bucket(bucket), f"listing {bucket.url}")
     session.add_partitions(objects)
     results = []
-    for number, info in enumerate(objects, 1):
-        started = time.perf_counter()
-        result = ingest_one(session, info).result
-        results.append(result)
-        if progress:
-            print(
+    # The bar counts bytes, so its time left holds across files of any size; off a
+    # terminal the line per file is the progress (a file is the unit that finishes).
+    total_bytes = sum(info.size for info in objects)
+    with Progress("ingest", total_bytes, "bytes", enabled=progress, plain_updates=False) as bar:
+        for number, info in enumerate(objects, 1):
+            bar.update(
+                bar.completed, description=f"[{number}/{len(objects)}] {shorten(info.key, 28)}"
+            )
+            started = time.perf_counter()
+            result = ingest_one(session, info).result
+            results.append(result)
+            seconds = time.perf_counter() - started
+            rate = f"{result.rows_total / seconds:,.0f} rows/s" if seconds > 0 else ""
+            line = (
                 f"[{number}/{len(objects)}] {info.key}: {result.status}, "
                 f"{result.rows_valid:,} valid, {result.rows_invalid:,} invalid "
-                f"({time.perf_counter() - started:.1f}s)",
-                file=sys.stderr,
-                flush=True,
+                f"({seconds:.1f}s)"
             )
+            bar.note(f"{line[:-1]}, {rate})" if bar.terminal and rate else line)
+            bar.advance(info.size, detail=rate)
     return results, skipped
 
 

@@ -258,19 +258,19 @@ def run_embed_command(
     limit: int | None,
     retry_failed: bool,
 ) -> int:
-    def progress(done: int, planned: int) -> None:
-        if not json_mode or sys.stderr.isatty():
-            print(f"embedded {done:,}/{planned:,} items", file=sys.stderr, flush=True)
+    from catalog_pipeline.progress import Progress, progress_wanted
 
-    summary = embed_catalog(
-        engine,
-        embedder,
-        force=force,
-        limit=limit,
-        retry_failed=retry_failed,
-        max_failures=ledger.max_failures_setting(),
-        progress=progress,
-    )
+    # The planned count is known after the first batch: the bar starts without a total.
+    with Progress(f"embed ({embedder.key})", None, enabled=progress_wanted(json_mode)) as bar:
+        summary = embed_catalog(
+            engine,
+            embedder,
+            force=force,
+            limit=limit,
+            retry_failed=retry_failed,
+            max_failures=ledger.max_failures_setting(),
+            progress=lambda done, planned: bar.update(done, total=planned),
+        )
     if json_mode:
         fields = asdict(summary)
         fields["failures"] = [list(failure) for failure in summary.failures]

@@ -29,6 +29,7 @@ from sqlalchemy import (
     exists,
     func,
     literal,
+    or_,
     select,
     update,
 )
@@ -122,6 +123,41 @@ def _has_external_id():
     return and_(catalog_items.c.external_id.is_not(None), catalog_items.c.external_id != "")
 
 
+@dataclass(frozen=True, slots=True)
+class ItemFilter:
+    """Narrows a backfill to some items (`catalog-pipeline playcounts backfill --source
+    --since`): those of one `source`, and those first seen or updated at or after `since`.
+    An empty filter (the default) is every item, as the maintenance pass sees them."""
+
+    source: str | None = None
+    since: datetime | None = None
+
+    def conditions(self) -> list:
+        """The filter as conditions on `catalog_items` (none when it is empty)."""
+        conditions = []
+        if self.source is not None:
+            conditions.append(catalog_items.c.source == self.source)
+        if self.since is not None:
+            conditions.append(
+                or_(
+                    catalog_items.c.first_seen_at >= self.since,
+                    catalog_items.c.updated_at >= self.since,
+                )
+            )
+        return conditions
+
+
+def _filtered(items: ItemFilter | None) -> list:
+    return [] if items is None else items.conditions()
+
+
+def _has_provider_history():
+    return exists().where(
+        playcount_measurements.c.item_id == catalog_items.c.id,
+        playcount_measurements.c.origin == PROVIDER,
+    )
+
+
 def _latest_rank():
     """`core.playcount.rank_score` in SQL: the item's latest play count, unknown as 0."""
     return cast(func.coalesce(catalog_items.c.play_count, 0), Float)
@@ -134,17 +170,18 @@ class EnqueueResult:
     reranked: int  # pending rows whose play count changed since they were ranked
 
 
-def enqueue_missing(engine: Engine, now: datetime) -> EnqueueResult:
-    """Queue every item with an external_id and no provider history, ranked by play count.
+def enqueue_missing(
+    engine: Engine, now: datetime, items: ItemFilter | None = None
+) -> EnqueueResult:
+    """Queue every item with an external_id and no provider history, ranked by play count
+    (only the items `items` matches, when given; re-ranking and counts are then theirs too).
 
     An item already in the queue (in any status) is never added again, so a song is
     fetched at most once; pending rows are re-ranked to the item's latest play count.
     """
-    has_history = exists().where(
-        playcount_measurements.c.item_id == catalog_items.c.id,
-        playcount_measurements.c.origin == PROVIDER,
-    )
+    has_history = _has_provider_history()
     queued = exists().where(queue.c.item_id == catalog_items.c.id)
+    matching = _filtered(items)
     with engine.begin() as connection:
         statement = dialect_insert(connection)(queue).from_select(
             ["item_id", "status", "rank_score", "attempts", "created_at", "updated_at"],
@@ -155,7 +192,7 @@ def enqueue_missing(engine: Engine, now: datetime) -> EnqueueResult:
                 literal(0),
                 literal(now, UtcDateTime),
                 literal(now, UtcDateTime),
-            ).where(_has_external_id(), ~has_history, ~queued),
+            ).where(_has_external_id(), ~has_history, ~queued, *matching),
         )
         enqueued = len(
             connection.execute(
@@ -164,13 +201,12 @@ def enqueue_missing(engine: Engine, now: datetime) -> EnqueueResult:
         )
         latest = select(_latest_rank()).where(catalog_items.c.id == queue.c.item_id)
         latest = latest.scalar_subquery()
-        reranked = connection.execute(
-            update(queue)
-            .where(queue.c.status == PENDING, queue.c.rank_score != latest)
-            .values(rank_score=latest, updated_at=now)
-        ).rowcount
+        rerank = update(queue).where(queue.c.status == PENDING, queue.c.rank_score != latest)
+        if matching:
+            rerank = rerank.where(queue.c.item_id.in_(select(catalog_items.c.id).where(*matching)))
+        reranked = connection.execute(rerank.values(rank_score=latest, updated_at=now)).rowcount
         with_id = connection.execute(
-            select(func.count()).select_from(catalog_items).where(_has_external_id())
+            select(func.count()).select_from(catalog_items).where(_has_external_id(), *matching)
         ).scalar_one()
     return EnqueueResult(enqueued, with_id - enqueued, reranked)
 
@@ -288,12 +324,61 @@ def queue_counts(engine: Engine) -> dict[str, int]:
     return counts
 
 
-class PlaycountQueue:
-    """The queue and ledger as one drain (`worker`) sees them: `core.playcount.DrainStore`."""
+@dataclass(frozen=True, slots=True)
+class BackfillPreview:
+    """What a backfill pass over `ItemFilter`'s items would query, read without changing
+    anything (`playcounts backfill --dry-run`): each is one provider call."""
 
-    def __init__(self, engine: Engine, worker: str) -> None:
+    new: int  # items with an external_id, no provider history, not queued yet
+    pending: int  # queue rows waiting for their call
+    reclaimable: int  # failed rows below the attempts cap and expired claims (reclaim)
+
+    @property
+    def items(self) -> int:
+        return self.new + self.pending + self.reclaimable
+
+
+def backfill_preview(
+    engine: Engine, policy: BackfillPolicy, now: datetime, items: ItemFilter | None = None
+) -> BackfillPreview:
+    """Count, in one read, the items a reclaim + enqueue + drain at `now` would query."""
+    matching = [_has_external_id(), *_filtered(items)]
+    queued = exists().where(queue.c.item_id == catalog_items.c.id)
+    new = (
+        select(func.count())
+        .select_from(catalog_items)
+        .where(*matching, ~_has_provider_history(), ~queued)
+    )
+
+    def rows(*conditions):
+        return (
+            select(func.count())
+            .select_from(queue.join(catalog_items, catalog_items.c.id == queue.c.item_id))
+            .where(*matching, *conditions)
+        )
+
+    below_cap = queue.c.attempts < policy.max_attempts
+    expired = and_(queue.c.status == IN_PROGRESS, queue.c.claimed_at < policy.lease_cutoff(now))
+    reclaimable = or_(and_(queue.c.status == FAILED, below_cap), and_(expired, below_cap))
+    with engine.connect() as connection:
+        counts = connection.execute(
+            select(
+                new.scalar_subquery(),
+                rows(queue.c.status == PENDING).scalar_subquery(),
+                rows(reclaimable).scalar_subquery(),
+            )
+        ).one()
+    return BackfillPreview(*(int(count) for count in counts))
+
+
+class PlaycountQueue:
+    """The queue and ledger as one drain (`worker`) sees them: `core.playcount.DrainStore`.
+    With `items`, only the rows of items it matches are claimed."""
+
+    def __init__(self, engine: Engine, worker: str, items: ItemFilter | None = None) -> None:
         self.engine = engine
         self.worker = worker[:100]
+        self.items = items
 
     def quota_used(self, now: datetime) -> int:
         return quota_used(self.engine, now)
@@ -307,7 +392,7 @@ class PlaycountQueue:
             candidate = (
                 select(queue.c.id)
                 .join(catalog_items, catalog_items.c.id == queue.c.item_id)
-                .where(queue.c.status == PENDING, _has_external_id())
+                .where(queue.c.status == PENDING, _has_external_id(), *_filtered(self.items))
                 .order_by(queue.c.rank_score.desc(), queue.c.id)
                 .limit(1)
             )

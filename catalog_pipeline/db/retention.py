@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Column, Engine, Table, delete, exists, select
+from sqlalchemy import Column, Engine, Table, delete, exists, func, select
 
 from catalog_pipeline.db.tables import invalid_item_logs, provider_calls
 
@@ -67,3 +67,22 @@ def delete_expired_invalid_logs(engine: Engine, cutoff: datetime, **limits) -> R
 
 def delete_expired_provider_calls(engine: Engine, cutoff: datetime, **limits) -> RetentionResult:
     return delete_expired(engine, provider_calls, provider_calls.c.called_at, cutoff, **limits)
+
+
+def count_expired(engine: Engine, table: Table, timestamp: Column, cutoff: datetime) -> int:
+    """Rows of `table` whose `timestamp` is before `cutoff`: what `delete_expired` would
+    delete, read without deleting (a dry run)."""
+    with engine.connect() as connection:
+        return int(
+            connection.execute(
+                select(func.count()).select_from(table).where(timestamp < cutoff)
+            ).scalar_one()
+        )
+
+
+def count_expired_invalid_logs(engine: Engine, cutoff: datetime) -> int:
+    return count_expired(engine, invalid_item_logs, invalid_item_logs.c.created_at, cutoff)
+
+
+def count_expired_provider_calls(engine: Engine, cutoff: datetime) -> int:
+    return count_expired(engine, provider_calls, provider_calls.c.called_at, cutoff)
