@@ -308,3 +308,23 @@ def test_a_partition_whose_object_was_deleted_fails_planning_with_the_key(
         assert failure.step_key == "catalog_ingest.plan_chunks"
         message = error_text(failure.step_failure_data.error)
         assert f"{KEY}: no such object in {bucket_url} (deleted?)" in message
+
+
+def test_each_check_evaluation_belongs_to_its_partition(local_bucket, sqlite_engine):
+    # The Checks tab shows an evaluation as current only when it targets the latest
+    # materialization of its own partition; with unpartitioned checks, runs finishing out
+    # of order (the sensor's, concurrent) read "Not evaluated".
+    first, second = "shop-a_2026-11-01T06-00-00.csv", "shop-b_2026-11-01T06-00-00.csv"
+    local_bucket.put(first, DATA)
+    local_bucket.put(second, sample_csv(50, seed=12))
+    res = resources(local_bucket.url, str(sqlite_engine.url), CHUNK_BYTES)
+    with dg.instance_for_test() as instance:
+        runs = {key: run_partition(res, key, instance).run_id for key in (first, second)}
+        for name in ("rows_reconcile", "file_accepted"):
+            history = instance.event_log_storage.get_asset_check_execution_history(
+                dg.AssetCheckKey(dg.AssetKey("catalog_items"), name), limit=10
+            )
+            assert {(record.partition, record.run_id) for record in history} == {
+                (partition_key_for(key), run_id) for key, run_id in runs.items()
+            }
+            assert {record.status.value for record in history} == {"SUCCEEDED"}
