@@ -644,7 +644,7 @@ def ingest_session() -> IngestSession:
     # wrong database URL is named even when the default bucket folder is not there yet).
     retrying(bucket.check, f"checking {bucket.url}")
     instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else None
-    instance = instance or dg.DagsterInstance.ephemeral()
+    instance = instance or _scratch_instance()
     # Step failures are reported below with their root cause; Dagster's own lines for
     # them carry stack traces, which a CLI user should not have to read.
     # With CATALOG_LOG_FORMAT=json the run logs are wanted, as JSON lines (no traces).
@@ -660,27 +660,49 @@ def ingest_session() -> IngestSession:
     return IngestSession(job, instance, quiet_logs, bucket, engine, failure_resources)
 
 
+def _scratch_instance() -> dg.DagsterInstance:
+    """Without DAGSTER_HOME, a throwaway instance in a temporary folder (removed at exit):
+    persistent, so that `catalog_executor` can fork the chunk steps of a large file here
+    exactly as it does for the sensor's and the UI's runs."""
+    import atexit
+    import shutil
+    import tempfile
+
+    import dagster as dg
+
+    folder = tempfile.mkdtemp(prefix="catalog-pipeline-instance-")
+    atexit.register(shutil.rmtree, folder, True)
+    return dg.DagsterInstance.local_temp(folder, overrides={"telemetry": {"enabled": False}})
+
+
 def ingest_one(session: IngestSession, info: ObjectInfo) -> IngestedObject:
-    """Run `catalog_ingest_job` in-process for one object (its partition registered) and
-    report the file: completed or rejected from its row, else failed with the root cause,
-    recorded on the file as the run-failure sensor would."""
+    """Run `catalog_ingest_job` for one object (its partition registered) on
+    `catalog_executor`, as every launch path does, and report the file: completed or
+    rejected from its row, else failed with the root cause, recorded on the file as the
+    run-failure sensor would."""
+    import dagster as dg
+
     from catalog_pipeline.assets.partitions import partition_key_for
     from catalog_pipeline.core.errors import root_cause
     from catalog_pipeline.core.retry import retrying
     from catalog_pipeline.db.ingest import latest_summary
+    from catalog_pipeline.definitions import ingest_job
+    from catalog_pipeline.executor import OBJECT_SIZE_TAG
     from catalog_pipeline.sensors.failures import record_failed_run, run_failure_reason
 
     instance, engine = session.instance, session.engine
-    run = session.job.execute_in_process(
-        partition_key=partition_key_for(info.key),
-        instance=instance,
-        raise_on_error=False,
+    run = dg.execute_job(
+        dg.reconstructable(ingest_job),
+        instance,
         run_config=session.run_config,
         tags={
+            "dagster/partition": partition_key_for(info.key),
             "catalog/object_key": info.key,
             "catalog/etag": info.etag,
+            OBJECT_SIZE_TAG: str(info.size),
             "catalog/launched_by": "catalog-pipeline",
         },
+        raise_on_error=False,
     )
     reason = None
     try:

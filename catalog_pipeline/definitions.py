@@ -10,7 +10,7 @@ from catalog_pipeline.assets.ingest import catalog_ingest
 from catalog_pipeline.assets.playcount import playcount_history
 from catalog_pipeline.assets.quality import catalog_quality
 from catalog_pipeline.executor import catalog_executor
-from catalog_pipeline.jobs import catalog_ingest_job
+from catalog_pipeline.jobs import INGEST_JOB, catalog_ingest_job
 from catalog_pipeline.observability import loggers_from_environment
 from catalog_pipeline.resources.catalog import default_resources
 from catalog_pipeline.resources.provider import default_stats_provider
@@ -79,3 +79,9 @@ def build_definitions(resources: dict | None = None) -> dg.Definitions:
 
 
 defs = build_definitions()
+
+
+def ingest_job() -> dg.JobDefinition:
+    """`catalog_ingest_job` on the environment's resources, importable by name: the CLI's
+    runs are reconstructed from it, so that their chunk steps can run in processes."""
+    return build_definitions().resolve_job_def(INGEST_JOB)
