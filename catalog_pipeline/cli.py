@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 DEMO_HINT = """
 Open the Dagster UI on this catalog:
 
-    dagster dev            # from the repository root, then open http://127.0.0.1:3000
+    dg dev                 # from the repository root (or `dagster dev`), then open http://127.0.0.1:3000
 
 The `new_csv_objects_sensor` is on by default: it finds the files above and runs one
 ingest per file; `catalog_items` partitions appear under Assets > catalog_items.

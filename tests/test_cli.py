@@ -80,7 +80,7 @@ def test_demo_writes_samples_ingests_them_and_says_how_to_open_the_ui(tmp_path):
     demo = ("demo", "--rows", "3000")
     result = cli(*demo, cwd=tmp_path, env={"DAGSTER_HOME": ""})
     assert result.returncode == 0, result.stderr
-    assert "dagster dev" in result.stdout
+    assert "dg dev" in result.stdout
     assert "legacy-export_2026-11-21T06-00-00.csv              rejected" in result.stdout
     assert "bigbox_2026-11-20T06-00-00.csv" in result.stdout
     assert (tmp_path / "data" / "catalog.sqlite").exists()
