@@ -220,19 +220,30 @@ def ingest_chunk(
     planned: PlannedFile,
     chunk: ByteRange,
     run_id: str | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> ChunkReport:
-    """Read one planned range (pinned to the planned ETag), validate it and store the result.
+    """Read one planned range (pinned to the planned ETag), validate it and store the result;
+    `progress` hears a line as each phase (read, validate, write) ends.
 
     Raises `ObjectChangedError` if the object was overwritten since planning and
     `ChunkError` for anything else, after recording the failure on the chunk row.
     """
     without_transparent_hugepages()  # once per process: see core.memory
     with collector_paused():
-        return _ingest_chunk(bucket, engine, planned, chunk, run_id)
+        return _ingest_chunk(bucket, engine, planned, chunk, run_id, progress or _quiet)
+
+
+def _quiet(_: str) -> None:
+    pass
 
 
 def _ingest_chunk(
-    bucket: Bucket, engine: Engine, planned: PlannedFile, chunk: ByteRange, run_id: str | None
+    bucket: Bucket,
+    engine: Engine,
+    planned: PlannedFile,
+    chunk: ByteRange,
+    run_id: str | None,
+    progress: Callable[[str], None],
 ) -> ChunkReport:
     started = time.perf_counter()
     key = planned.info.key
@@ -246,9 +257,14 @@ def _ingest_chunk(
             raise ChunkError(
                 key, chunk.index, chunk.start, f"read {len(data)} bytes, planned {chunk.size}"
             )
+        progress(f"chunk {chunk.index}: read {len(data):,} bytes ({_since(started)})")
         # (A plan passed on by a run from before the bounds existed has none: the defaults.)
         bounds = getattr(planned, "quote_bounds", DEFAULT_QUOTE_BOUNDS)
         outcome: ChunkOutcome = process_chunk_bytes(data, chunk.start, mapping, bounds)
+        progress(
+            f"chunk {chunk.index}: validated {outcome.rows:,} rows, "
+            f"{len(outcome.invalid):,} invalid ({_since(started)}); writing"
+        )
         seconds = time.perf_counter() - started
         # One transaction: a retry after a dropped connection rewrites the same rows.
         retrying(
@@ -275,6 +291,10 @@ def _ingest_chunk(
         reasons=dict(outcome.reasons),
         seconds=seconds,
     )
+
+
+def _since(started: float) -> str:
+    return f"{time.perf_counter() - started:.2f}s in"
 
 
 def _record_chunk_failure(

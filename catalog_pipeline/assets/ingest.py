@@ -148,7 +148,12 @@ def process_chunk(
     try:
         take_over_if_reexecuting(context, task.planned, catalog_db)
         report = ingest.ingest_chunk(
-            bucket.open(), catalog_db.engine(), task.planned, task.chunk, context.run_id
+            bucket.open(),
+            catalog_db.engine(),
+            task.planned,
+            task.chunk,
+            context.run_id,
+            progress=context.log.info,  # a line per phase: read, validated, written
         )
     except ObjectChangedError as error:
         raise step_failure(

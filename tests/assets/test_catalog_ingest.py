@@ -328,3 +328,15 @@ def test_each_check_evaluation_belongs_to_its_partition(local_bucket, sqlite_eng
                 (partition_key_for(key), run_id) for key, run_id in runs.items()
             }
             assert {record.status.value for record in history} == {"SUCCEEDED"}
+
+
+def test_chunk_steps_log_each_phase_in_the_run_log(local_bucket, sqlite_engine):
+    local_bucket.put(KEY, DATA)
+    res = resources(local_bucket.url, str(sqlite_engine.url), CHUNK_BYTES)
+    with dg.instance_for_test() as instance:
+        run_id = run_partition(res, KEY, instance).run_id
+        messages = [entry.user_message for entry in instance.all_logs(run_id)]
+    chunks = len(DATA) // CHUNK_BYTES  # at least this many chunks
+    for phase in ("read", "validated"):
+        logged = [m for m in messages if m.startswith("chunk ") and f": {phase} " in m]
+        assert len(logged) >= chunks, (phase, messages[:20])
