@@ -3,8 +3,8 @@ schedule, run from a terminal with the same code, settings and defaults.
 
 - `classify` runs `classify_scope`, the function of the `item_classifications` asset and of
   `reclassify_catalog_job`, over the whole catalog, with the classifier of the environment.
-- `playcounts backfill` runs the maintenance pass of `playcount_history` (reclaim, enqueue,
-  drain within the daily quota) on the queue functions of `db.playcount`, narrowed to some
+- `playcounts backfill` runs `maintenance_pass` (`catalog_pipeline.playcount`), the pass of
+  `playcount_history` (reclaim, enqueue, drain within the daily quota), narrowed to some
   items when asked; it shows what the pass would cost before it spends anything.
 - `retention` deletes what `invalid_log_retention_job` deletes, with its default windows
   and batch limits, or (dry run) counts it.
@@ -25,12 +25,11 @@ from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from catalog_pipeline.core.errors import PermanentError
-from catalog_pipeline.core.retry import Retried, retrying
+from catalog_pipeline.core.retry import retrying
 from catalog_pipeline.progress import Progress, progress_wanted
 
 if TYPE_CHECKING:
     from catalog_pipeline.core.classification import Classifier, ItemText, Outcome
-    from catalog_pipeline.core.playcount import ProviderResponse
     from catalog_pipeline.resources.classifier import ClassifierResource
 
 
@@ -203,22 +202,10 @@ def run_backfill_command(
 ) -> int:
     """One maintenance pass of the playcount backfill (reclaim, enqueue, drain within the
     daily quota) over the items `source`/`since` select, after a cost preview."""
-    from catalog_pipeline.assets.playcount import PlaycountConfig, _drain_blocked
-    from catalog_pipeline.core.playcount import (
-        DRAIN_OUTCOMES,
-        UNITS_PER_CALL,
-        drain,
-        quota_left,
-    )
-    from catalog_pipeline.db.playcount import (
-        ItemFilter,
-        PlaycountQueue,
-        backfill_preview,
-        enqueue_missing,
-        queue_counts,
-        quota_used,
-        reclaim,
-    )
+    from catalog_pipeline.assets.playcount import PlaycountConfig
+    from catalog_pipeline.core.playcount import UNITS_PER_CALL, quota_left
+    from catalog_pipeline.db.playcount import ItemFilter, backfill_preview, quota_used
+    from catalog_pipeline.playcount import drain_blocked, maintenance_pass
     from catalog_pipeline.resources.catalog import CatalogDatabase
     from catalog_pipeline.resources.provider import default_stats_provider
 
@@ -231,7 +218,7 @@ def run_backfill_command(
     preview = retrying(lambda: backfill_preview(engine, policy, now, items), "backfill preview")
     used = retrying(lambda: quota_used(engine, now), "playcount quota")
     left = quota_left(provider.daily_quota, used)
-    blocked = _drain_blocked(provider, engine, clock)
+    blocked = drain_blocked(provider, engine, clock)
     calls_now = 0 if blocked else min(preview.items, left // UNITS_PER_CALL)
     cost = {
         "source": source,
@@ -255,61 +242,43 @@ def run_backfill_command(
             print(json.dumps({"dry_run": True, "preview": cost}))
         return 0
 
-    reclaimed = retrying(lambda: reclaim(engine, policy, clock()), "playcount reclaim")
-    enqueued = retrying(lambda: enqueue_missing(engine, clock(), items), "playcount enqueue")
-    if blocked is None:
-        enabled = progress_wanted(json_mode) and calls_now > 0
-        with Progress("playcounts", calls_now, "calls", enabled=enabled) as progress:
-            fetch = provider.client().fetch
-
-            def counted_fetch(external_id: str) -> ProviderResponse:
-                response = fetch(external_id)
-                progress.advance(1)
-                return response
-
-            report = drain(
-                Retried(PlaycountQueue(engine, _worker_name(), items), "playcount queue"),
-                counted_fetch,
-                provider.daily_quota,
-                clock=clock,
-                max_calls=config.max_calls,
-                max_consecutive_failures=config.max_consecutive_failures,
-            )
-        stopped_by = report.stopped_by
-        calls, readings = report.calls, report.readings_written
-        outcomes = {outcome: report.outcomes.get(outcome, 0) for outcome in DRAIN_OUTCOMES}
-        notice = None
-        if report.retry_after_until is not None:
-            until = f"{report.retry_after_until:%Y-%m-%d %H:%M:%S}"
-            notice = f"rate limited (HTTP 429): the pass stopped; no call before {until} UTC"
-    else:
-        stopped_by, notice = blocked
-        calls = readings = 0
-        outcomes = dict.fromkeys(DRAIN_OUTCOMES, 0)
+    enabled = progress_wanted(json_mode) and calls_now > 0
+    with Progress("playcounts", calls_now, "calls", enabled=enabled) as progress:
+        report = maintenance_pass(
+            engine,
+            provider,
+            policy,
+            worker=_worker_name(),
+            clock=clock,
+            items=items,
+            max_calls=config.max_calls,
+            max_consecutive_failures=config.max_consecutive_failures,
+            on_call=progress.advance,
+        )
     result = {
-        "reclaimed": reclaimed.reclaimed,
-        "enqueued": enqueued.enqueued,
-        "calls": calls,
-        "outcomes": outcomes,
-        "readings": readings,
-        "stopped_by": stopped_by,
-        "notice": notice,
-        "quota_used_today": retrying(lambda: quota_used(engine, clock()), "playcount quota"),
-        "queue": retrying(lambda: queue_counts(engine), "playcount queue counts"),
+        "reclaimed": report.reclaimed.reclaimed,
+        "enqueued": report.enqueued.enqueued,
+        "calls": report.calls,
+        "outcomes": report.outcomes,
+        "readings": report.readings,
+        "stopped_by": report.stopped_by,
+        "notice": report.notice,
+        "quota_used_today": report.quota_used,
+        "queue": report.queue,
     }
     if json_mode:
         print(json.dumps({"dry_run": False, "preview": cost, "result": result}))
         return 0
-    if notice:
-        print(f"notice: {notice}", file=sys.stderr)
-    done = ", ".join(f"{count:,} {name}" for name, count in outcomes.items() if count)
+    if report.notice:
+        print(f"notice: {report.notice}", file=sys.stderr)
+    done = ", ".join(f"{count:,} {name}" for name, count in report.outcomes.items() if count)
     queue = result["queue"]
     print(
         f"backfill: reclaimed {result['reclaimed']:,}, enqueued {result['enqueued']:,}, "
-        f"{calls:,} provider call(s){f' ({done})' if done else ''}, {readings:,} readings "
-        f"stored; stopped by {stopped_by}; quota used today {result['quota_used_today']:,}/"
-        f"{provider.daily_quota:,}; queue: {queue['pending']:,} pending, "
-        f"{queue['failed']:,} failed, {queue['done']:,} done"
+        f"{report.calls:,} provider call(s){f' ({done})' if done else ''}, "
+        f"{report.readings:,} readings stored; stopped by {report.stopped_by}; quota used "
+        f"today {result['quota_used_today']:,}/{provider.daily_quota:,}; queue: "
+        f"{queue['pending']:,} pending, {queue['failed']:,} failed, {queue['done']:,} done"
     )
     return 0
 

@@ -3,9 +3,10 @@
     python scripts/cli_docs.py           # rewrite docs/cli.md
     python scripts/cli_docs.py --check   # exit 1 when docs/cli.md is out of date
 
-The reference part walks `catalog_pipeline.cli._parser()` and every subparser under it
-(nested ones such as `db upgrade` included), so a command added to the CLI appears here by
-itself. Help is formatted at a fixed width, so the output does not depend on the terminal.
+The list of commands at the top (one line each, from the `help=` of each subparser), the
+synopsis and the reference part all walk `catalog_pipeline.cli._parser()` and every
+subparser under it (nested ones such as `db upgrade` included), so a command added to the
+CLI appears here by itself. Help is formatted at a fixed width, so the output does not depend on the terminal.
 """
 
 from __future__ import annotations
@@ -63,6 +64,14 @@ embedder, by meaning with an OpenAI-compatible embedding model. `search --json` 
 `embed --json` prints, the embedders, the pgvector HNSW index and the numbers are in
 [search.md](search.md).
 
+`status` shows the state of the pipeline on one page (`--failed` lists the failed files
+with the `repair` command of each; `--json` prints one object for a monitoring check).
+`classify`, `playcounts backfill` and `retention` run the work of an asset or a schedule
+from a terminal, with the same code, settings and defaults: the `item_classifications`
+asset, one maintenance pass of `playcount_history` (after a preview of its provider calls
+and quota; `--dry-run` stops there) and `invalid_log_retention_job`. Each prints a summary,
+or with `--json` one JSON object as the last line of stdout; progress goes to stderr.
+
 `--bucket`, `--database-url` and `--chunk-bytes` override `CATALOG_BUCKET_URL`,
 `CATALOG_DATABASE_URL` and `CATALOG_CHUNK_BYTES` for this command; every other setting is
 an environment variable ([configuration.md](configuration.md)).
@@ -102,6 +111,36 @@ def _is_leaf(parser: argparse.ArgumentParser) -> bool:
     return not any(isinstance(a, argparse._SubParsersAction) for a in parser._actions)
 
 
+def _subcommands(parser: argparse.ArgumentParser) -> list[tuple[str, str]]:
+    """(name, help) of each subcommand directly under `parser`, in the order they were added."""
+    return [
+        (choice.dest, choice.help or "")
+        for action in parser._actions
+        if isinstance(action, argparse._SubParsersAction)
+        for choice in action._choices_actions
+    ]
+
+
+def command_list(parser: argparse.ArgumentParser) -> str:
+    """Every top-level command on one line, with its `help`; a group of subcommands (such as
+    `db`) is named with them, and with its only one's help when it has just one."""
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    lines = []
+    for name, help_text in _subcommands(parser):
+        nested = _subcommands(commands.choices[name])
+        if len(nested) == 1:
+            sub_name, help_text = nested[0]
+            name = f"{name} {sub_name}"
+        elif nested:
+            name = f"{name} {'|'.join(sub_name for sub_name, _ in nested)}"
+        lines.append(f"- `{name}`: {help_text}")
+    lead = (
+        "What each command does; their options are in the synopsis below and in each one's\n"
+        "`--help` at the end of this page:\n\n"
+    )
+    return lead + "\n".join(lines) + "\n"
+
+
 def synopsis(parsers: list[argparse.ArgumentParser]) -> str:
     """One usage line per runnable command (no `-h`), wide enough never to wrap."""
     lines = []
@@ -121,8 +160,9 @@ def generate() -> str:
         sys.path.insert(0, str(REPO))
     from catalog_pipeline.cli import _parser
 
-    parsers = list(iter_parsers(_parser()))
-    sections = [TITLE, "\n", synopsis(parsers), "\n", HEADER]
+    parser = _parser()
+    parsers = list(iter_parsers(parser))
+    sections = [TITLE, "\n", command_list(parser), "\n", synopsis(parsers), "\n", HEADER]
     for parser in parsers:
         _fixed_width(parser)
         help_text = parser.format_help().rstrip()

@@ -1,5 +1,6 @@
 """`playcount_history`: one maintenance pass of the provider backfill (reclaim, enqueue,
-drain within the daily quota), reported as metadata."""
+drain within the daily quota: `catalog_pipeline.playcount.maintenance_pass`), reported as
+metadata."""
 
 import time
 from datetime import timedelta
@@ -11,31 +12,18 @@ from catalog_pipeline.core.playcount import (
     DEFAULT_LEASE,
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_MAX_CONSECUTIVE_FAILURES,
-    DRAIN_OUTCOMES,
     BackfillPolicy,
     Clock,
-    DrainReport,
-    drain,
     fixed_clock,
     parse_moment,
     quota_left,
     utc_now,
 )
-from catalog_pipeline.core.retry import Retried, retrying
-from catalog_pipeline.db.playcount import (
-    PlaycountQueue,
-    ReclaimResult,
-    enqueue_missing,
-    provider_history_days,
-    queue_counts,
-    quota_used,
-    reclaim,
-    retry_after_until,
-    retry_failed_rows,
-)
+from catalog_pipeline.core.retry import retrying
+from catalog_pipeline.db.playcount import ReclaimResult, provider_history_days
+from catalog_pipeline.playcount import maintenance_pass
 from catalog_pipeline.resources.catalog import CatalogDatabase
 from catalog_pipeline.resources.provider import StatsProvider
-from catalog_pipeline.settings import PLAYCOUNT_API_URL
 
 PLAYCOUNT_HISTORY = dg.AssetKey("playcount_history")
 
@@ -74,20 +62,6 @@ def reclaim_metadata(result: ReclaimResult) -> dict:
     }
 
 
-def _drain_blocked(stats_provider: StatsProvider, engine, clock: Clock) -> tuple[str, str] | None:
-    """Why the drain must not call the provider now, as (stopped_by, notice), or None."""
-    if not stats_provider.configured:
-        return "not_configured", f"{PLAYCOUNT_API_URL} is not set: the provider drain is skipped"
-    until = retrying(lambda: retry_after_until(engine, clock()), "playcount Retry-After")
-    if until is not None:
-        return (
-            "retry_after",
-            f"the provider asked to wait (Retry-After) until {until:%Y-%m-%d %H:%M:%S} UTC: "
-            "the provider drain is skipped",
-        )
-    return None
-
-
 @dg.asset(
     key=PLAYCOUNT_HISTORY,
     deps=[CATALOG_ITEMS],
@@ -105,66 +79,46 @@ def playcount_history(
     started = time.monotonic()
     engine = catalog_db.engine()
     clock = config.clock()
-    # Every database step is one transaction, retried on transient errors (core.retry);
-    # a claim retried after its commit was lost leaves that row to the lease's reclaim.
-    retried = 0
-    if config.retry_failed:
-        retried = retrying(
-            lambda: retry_failed_rows(engine, config.policy(), clock()), "playcount retry"
-        )
-    reclaimed = retrying(lambda: reclaim(engine, config.policy(), clock()), "playcount reclaim")
-    enqueued = retrying(lambda: enqueue_missing(engine, clock()), "playcount enqueue")
-
-    blocked = _drain_blocked(stats_provider, engine, clock)
-    if blocked is None:
-        notice = None
-        report = drain(
-            Retried(PlaycountQueue(engine, worker=f"run:{context.run_id}"), "playcount queue"),
-            stats_provider.client().fetch,
-            stats_provider.daily_quota,
-            clock=clock,
-            max_calls=config.max_calls,
-            max_consecutive_failures=config.max_consecutive_failures,
-        )
-        if report.retry_after_until is not None:
-            notice = (
-                "rate limited (HTTP 429): the pass stopped; no call before "
-                f"{report.retry_after_until:%Y-%m-%d %H:%M:%S} UTC"
-            )
-    else:
-        stopped_by, notice = blocked
-        report = DrainReport(stopped_by=stopped_by)
-    if notice:
-        context.log.warning(notice)
+    result = maintenance_pass(
+        engine,
+        stats_provider,
+        config.policy(),
+        worker=f"run:{context.run_id}",
+        clock=clock,
+        retry_failed=config.retry_failed,
+        max_calls=config.max_calls,
+        max_consecutive_failures=config.max_consecutive_failures,
+    )
+    reclaimed, enqueued = result.reclaimed, result.enqueued
+    if result.notice:
+        context.log.warning(result.notice)
     if reclaimed.at_cap:
         context.log.warning(
             f"{reclaimed.at_cap} queue row(s) stay failed at the attempts cap "
             f"({config.max_attempts}), e.g. {', '.join(reclaimed.at_cap_sample[:5])}"
         )
 
-    used = retrying(lambda: quota_used(engine, clock()), "playcount quota")
-    counts = retrying(lambda: queue_counts(engine), "playcount queue counts")
     context.log.info(
         f"reclaimed {reclaimed.reclaimed}, enqueued {enqueued.enqueued}, "
-        f"{report.calls} call(s) ({report.stopped_by}), quota used {used}/"
-        f"{stats_provider.daily_quota}, {counts['pending']} pending"
+        f"{result.calls} call(s) ({result.stopped_by}), quota used {result.quota_used}/"
+        f"{stats_provider.daily_quota}, {result.queue['pending']} pending"
     )
     return dg.MaterializeResult(
         metadata={
             **reclaim_metadata(reclaimed),
-            "retried_after_cap": retried,
+            "retried_after_cap": result.retried_after_cap,
             "enqueued": enqueued.enqueued,
             "skipped": enqueued.skipped,
             "reranked": enqueued.reranked,
-            "calls": report.calls,
-            **{f"drained/{outcome}": report.outcomes.get(outcome, 0) for outcome in DRAIN_OUTCOMES},
-            "readings": report.readings_written,
-            "stopped_by": report.stopped_by,
-            "notice": notice or "",
+            "calls": result.calls,
+            **{f"drained/{outcome}": count for outcome, count in result.outcomes.items()},
+            "readings": result.readings,
+            "stopped_by": result.stopped_by,
+            "notice": result.notice or "",
             "quota_budget": stats_provider.daily_quota,
-            "quota_used": used,
-            "quota_left": quota_left(stats_provider.daily_quota, used),
-            **{f"queue/{status}": count for status, count in counts.items()},
+            "quota_used": result.quota_used,
+            "quota_left": quota_left(stats_provider.daily_quota, result.quota_used),
+            **{f"queue/{status}": count for status, count in result.queue.items()},
             "dagster/row_count": retrying(
                 lambda: provider_history_days(engine), "playcount history days"
             ),
