@@ -133,19 +133,7 @@ def _parser() -> argparse.ArgumentParser:
         "embedding, with the embedder of $CATALOG_EMBEDDER (default: hashing, offline and "
         "lexical). Items that fail alone are counted and retried on the next run.",
     )
-    embed.add_argument("--database-url", help=f"default: ${settings.DATABASE_URL} or SQLite")
-    embed.add_argument("--limit", type=int, help="embed at most this many items in this run")
-    embed.add_argument("--force", action="store_true", help="embed every item again")
-    embed.add_argument(
-        "--retry-failed",
-        action="store_true",
-        help="also send items left out after repeated failures",
-    )
-    embed.add_argument(
-        "--json",
-        action="store_true",
-        help='print a JSON summary only: {"embedded": N, "skipped": N, "failed": N, ...}',
-    )
+    _add_derivation_options(embed, "embed", "embedded")
 
     search = commands.add_parser(
         "search", help="the catalog items nearest to a text (run `embed` first)"
@@ -205,19 +193,7 @@ def _parser() -> argparse.ArgumentParser:
         "code of the item_classifications asset and reclassify_catalog_job. Items the "
         "classifier fails on alone are counted and retried on the next run.",
     )
-    classify.add_argument("--database-url", help=f"default: ${settings.DATABASE_URL} or SQLite")
-    classify.add_argument("--limit", type=int, help="classify at most this many items now")
-    classify.add_argument("--force", action="store_true", help="classify every item again")
-    classify.add_argument(
-        "--retry-failed",
-        action="store_true",
-        help="also send items left out after repeated failures",
-    )
-    classify.add_argument(
-        "--json",
-        action="store_true",
-        help='print a JSON summary only: {"classified": N, "skipped": N, "failed": N, ...}',
-    )
+    _add_derivation_options(classify, "classify", "classified")
 
     playcounts = commands.add_parser("playcounts", help="the playcount backfill")
     playcount_commands = playcounts.add_subparsers(dest="playcounts_command", required=True)
@@ -424,6 +400,23 @@ def _explain(error: BaseException) -> tuple[str, str]:
     else:
         hint = "Nothing was changed by this error; fix its cause and run the command again."
     return message, hint
+
+
+def _add_derivation_options(parser: argparse.ArgumentParser, verb: str, done: str) -> None:
+    """The options `embed` and `classify` share: what to derive, and how to report it."""
+    parser.add_argument("--database-url", help=f"default: ${settings.DATABASE_URL} or SQLite")
+    parser.add_argument("--limit", type=int, help=f"{verb} at most this many items in this run")
+    parser.add_argument("--force", action="store_true", help=f"{verb} every item again")
+    parser.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="also send items left out after repeated failures",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help=f'print a JSON summary only: {{"{done}": N, "skipped": N, "failed": N, ...}}',
+    )
 
 
 def _add_target_options(parser: argparse.ArgumentParser) -> None:

@@ -36,6 +36,13 @@ def cli(*arguments: str, cwd=None, env=None, timeout: float = 300) -> subprocess
     )
 
 
+def json_output(result: subprocess.CompletedProcess) -> dict:
+    """No traceback on stderr, and exactly one line on stdout: its JSON object."""
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    (line,) = result.stdout.splitlines()
+    return json.loads(line)
+
+
 def test_ingest_json_on_postgres_and_s3_reports_every_file_and_reruns_as_noop(
     s3_server, postgres_database, postgres_engine
 ):

@@ -25,7 +25,7 @@ from catalog_pipeline.progress import Progress
 from tests.chat_server import ChatServer
 from tests.helpers import dump
 from tests.playcount_support import KEY, catalog_csv, history, scripted_provider
-from tests.test_cli import cli
+from tests.test_cli import cli, json_output
 
 NO_INSTANCE = {"DAGSTER_HOME": ""}
 
@@ -33,9 +33,7 @@ NO_INSTANCE = {"DAGSTER_HOME": ""}
 def last_json(result: subprocess.CompletedProcess) -> dict:
     """Exit 0, no traceback, and exactly one JSON line on stdout."""
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "Traceback" not in result.stderr
-    (line,) = result.stdout.splitlines()
-    return json.loads(line)
+    return json_output(result)
 
 
 def url_of(engine: Engine) -> str:

@@ -4,8 +4,6 @@ the command that retries them, and a bad database URL is a sentence and exit 2."
 
 from __future__ import annotations
 
-import json
-import subprocess
 from datetime import timedelta
 from pathlib import Path
 
@@ -23,16 +21,9 @@ from catalog_pipeline.db.tables import (
     source_files,
     utcnow,
 )
-from tests.test_cli import cli
+from tests.test_cli import cli, json_output
 
 NO_INSTANCE = {"DAGSTER_HOME": ""}
-
-
-def last_json(result: subprocess.CompletedProcess) -> dict:
-    """The JSON object on the last line of stdout, and nothing else on stdout."""
-    assert "Traceback" not in result.stderr, result.stderr[-3000:]
-    (line,) = result.stdout.splitlines()
-    return json.loads(line)
 
 
 def database_counts(engine: Engine) -> tuple[dict[str, int], int, int]:
@@ -51,7 +42,7 @@ def test_status_after_a_demo_has_the_database_counts(tmp_path: Path):
     statuses, items, invalid = database_counts(engine)
     assert statuses == {"completed": 4, "rejected": 1} and items > 0 and invalid > 0
 
-    status = last_json(cli("status", "--json", cwd=tmp_path, env=NO_INSTANCE))
+    status = json_output(cli("status", "--json", cwd=tmp_path, env=NO_INSTANCE))
     files = status["files"]
     assert (files["completed"], files["rejected"], files["failed"]) == (4, 1, 0)
     assert files["ingesting"] == 0 and files["oldest_ingesting_age_seconds"] is None
@@ -95,7 +86,7 @@ def test_status_on_postgres_reads_runs_and_the_sensor_from_the_instance(
     assert ingested.returncode == 0, ingested.stderr
     statuses, items, invalid = database_counts(postgres_engine)
 
-    status = last_json(cli("status", "--json", *target, env=environment))
+    status = json_output(cli("status", "--json", *target, env=environment))
     assert (status["files"]["completed"], status["files"]["rejected"]) == (1, 1)
     assert status["files"]["completed"] == statuses["completed"]
     assert (status["catalog_items"], status["invalid_rows"]) == (items, invalid)
@@ -131,7 +122,9 @@ def test_status_failed_lists_a_failed_file_with_its_reason_and_retry_command(tmp
     failed = cli("ingest", "--json", *target, env=NO_INSTANCE)
     assert failed.returncode == 1
 
-    listing = last_json(cli("status", "--failed", "--json", "--database-url", url, env=NO_INSTANCE))
+    listing = json_output(
+        cli("status", "--failed", "--json", "--database-url", url, env=NO_INSTANCE)
+    )
     assert listing["failed"] == 1
     (entry,) = listing["files"]
     assert entry["object_key"] == key
@@ -140,7 +133,7 @@ def test_status_failed_lists_a_failed_file_with_its_reason_and_retry_command(tmp
     human = cli("status", "--failed", "--database-url", url, env=NO_INSTANCE)
     assert "1 failed file:" in human.stdout
     assert f"retry:  catalog-pipeline repair {key}" in human.stdout
-    summary = last_json(cli("status", "--json", "--database-url", url, env=NO_INSTANCE))
+    summary = json_output(cli("status", "--json", "--database-url", url, env=NO_INSTANCE))
     assert summary["files"]["failed"] == 1
 
     # The command it gives, run once the cause is gone, repairs the file.
@@ -150,7 +143,7 @@ def test_status_failed_lists_a_failed_file_with_its_reason_and_retry_command(tmp
     assert command == "catalog-pipeline"
     repaired = cli(*arguments.split(), *target, env=NO_INSTANCE)
     assert repaired.returncode == 0, repaired.stderr
-    after = last_json(cli("status", "--failed", "--json", "--database-url", url, env=NO_INSTANCE))
+    after = json_output(cli("status", "--failed", "--json", "--database-url", url, env=NO_INSTANCE))
     assert after == {"failed": 0, "files": []}
     engine.dispose()
 
@@ -169,7 +162,7 @@ def test_an_unusable_database_url_is_exit_2_with_a_sentence(tmp_path: Path, comm
     arguments = (*command, "--database-url", "nosuchdb://u:secretpw@host/db")
     as_json = cli(*arguments, "--json", cwd=tmp_path, env=NO_INSTANCE)
     assert as_json.returncode == 2
-    error = last_json(as_json)["error"]
+    error = json_output(as_json)["error"]
     assert error.startswith("database URL 'nosuchdb://u:***@host/db' is not usable")
     assert "Traceback" not in as_json.stderr and "secretpw" not in as_json.stderr
     human = cli(*arguments, cwd=tmp_path, env=NO_INSTANCE)
@@ -190,5 +183,5 @@ def test_a_database_that_does_not_exist_fails_at_once(tmp_path: Path, postgres_a
         timeout=90,
     )
     assert result.returncode == 2
-    assert 'database "no_such_catalog" does not exist' in last_json(result)["error"]
+    assert 'database "no_such_catalog" does not exist' in json_output(result)["error"]
     assert "Traceback" not in result.stderr
