@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from functools import cache
 from typing import TYPE_CHECKING
 
 from catalog_pipeline import settings
@@ -637,7 +638,7 @@ def ingest_session() -> IngestSession:
     # wrong database URL is named even when the default bucket folder is not there yet).
     retrying(bucket.check, f"checking {bucket.url}")
     instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else None
-    instance = instance or _scratch_instance()
+    instance = instance or dg.DagsterInstance.ephemeral()
     # Step failures are reported below with their root cause; Dagster's own lines for
     # them carry stack traces, which a CLI user should not have to read.
     # With CATALOG_LOG_FORMAT=json the run logs are wanted, as JSON lines (no traces).
@@ -653,10 +654,11 @@ def ingest_session() -> IngestSession:
     return IngestSession(job, instance, quiet_logs, bucket, engine, failure_resources)
 
 
+@cache
 def _scratch_instance() -> dg.DagsterInstance:
-    """Without DAGSTER_HOME, a throwaway instance in a temporary folder (removed at exit):
-    persistent, so that `catalog_executor` can fork the chunk steps of a large file here
-    exactly as it does for the sensor's and the UI's runs."""
+    """Without DAGSTER_HOME, for a file whose chunk steps `catalog_executor` forks: a
+    throwaway persistent instance in a temporary folder (removed at exit), made once and
+    only then (making one costs about a second, which small files should not pay)."""
     import atexit
     import shutil
     import tempfile
@@ -666,6 +668,24 @@ def _scratch_instance() -> dg.DagsterInstance:
     folder = tempfile.mkdtemp(prefix="catalog-pipeline-instance-")
     atexit.register(shutil.rmtree, folder, True)
     return dg.DagsterInstance.local_temp(folder, overrides={"telemetry": {"enabled": False}})
+
+
+def _run_instance(session: IngestSession, info: ObjectInfo) -> dg.DagsterInstance | None:
+    """The persistent instance the object's run goes to, or None to run it in process on
+    the session's ephemeral one. `catalog_executor`'s own rule decides: a persistent
+    instance (DAGSTER_HOME) always; without one, a scratch instance only for an object it
+    would fork chunk steps for (in process either way otherwise)."""
+    from catalog_pipeline.assets.partitions import partition_key_for, source_csvs
+    from catalog_pipeline.executor import MULTIPROCESS, choose_execution
+
+    if session.instance.is_persistent:
+        return session.instance
+    chunk_bytes = int(settings.setting(settings.CHUNK_BYTES) or 0)
+    if choose_execution(info.size, chunk_bytes).mode != MULTIPROCESS:
+        return None
+    scratch = _scratch_instance()
+    scratch.add_dynamic_partitions(source_csvs.name, [partition_key_for(info.key)])
+    return scratch
 
 
 def ingest_one(session: IngestSession, info: ObjectInfo) -> IngestedObject:
@@ -683,20 +703,31 @@ def ingest_one(session: IngestSession, info: ObjectInfo) -> IngestedObject:
     from catalog_pipeline.executor import OBJECT_SIZE_TAG
     from catalog_pipeline.sensors.failures import record_failed_run, run_failure_reason
 
-    instance, engine = session.instance, session.engine
-    run = dg.execute_job(
-        dg.reconstructable(ingest_job),
-        instance,
-        run_config=session.run_config,
-        tags={
-            "dagster/partition": partition_key_for(info.key),
-            "catalog/object_key": info.key,
-            "catalog/etag": info.etag,
-            OBJECT_SIZE_TAG: str(info.size),
-            "catalog/launched_by": "catalog-pipeline",
-        },
-        raise_on_error=False,
-    )
+    engine = session.engine
+    tags = {
+        "catalog/object_key": info.key,
+        "catalog/etag": info.etag,
+        OBJECT_SIZE_TAG: str(info.size),
+        "catalog/launched_by": "catalog-pipeline",
+    }
+    instance = _run_instance(session, info)
+    if instance is not None:  # catalog_executor decides, and says so in the run log
+        run = dg.execute_job(
+            dg.reconstructable(ingest_job),
+            instance,
+            run_config=session.run_config,
+            tags={**tags, "dagster/partition": partition_key_for(info.key)},
+            raise_on_error=False,
+        )
+    else:  # a small object and no instance to keep runs in: in process, as it would decide
+        instance = session.instance
+        run = session.job.execute_in_process(
+            partition_key=partition_key_for(info.key),
+            instance=instance,
+            raise_on_error=False,
+            run_config=session.run_config,
+            tags=tags,
+        )
     reason = None
     try:
         if not run.success:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
@@ -173,3 +176,46 @@ def test_an_unknown_database_fails_at_once_naming_it(tmp_path, postgres_admin_ur
     assert 'database "no_such_db" does not exist' in result.stderr
     assert "retry budget" not in result.stderr
     assert "database name" in result.stderr  # what to check
+
+
+def test_a_large_file_forks_its_chunk_steps_without_dagster_home(tmp_path, request):
+    # 300 KB in 64 KiB chunks: five chunks, more than catalog_executor runs in process.
+    bucket = tmp_path / "bucket"
+    bucket.mkdir()
+    (bucket / "shop_2026-11-01T06-00-00.csv").write_bytes(sample_csv(250, seed=31))
+    target = ["--bucket", bucket.as_uri(), "--json"]
+    # A short TMPDIR: the fork server's socket lives there, and a Unix socket's path is
+    # limited to 107 bytes (pytest's tmp_path under xdist is longer).
+    scratch = Path(tempfile.mkdtemp(prefix="cli-fork-"))
+    request.addfinalizer(lambda: shutil.rmtree(scratch, ignore_errors=True))
+    # With JSON run logs, a forked step's process announces itself on stderr.
+    environment = {"DAGSTER_HOME": "", "TMPDIR": str(scratch), "CATALOG_LOG_FORMAT": "json"}
+    forked = cli(
+        "ingest",
+        *target,
+        "--database-url",
+        f"sqlite:///{tmp_path / 'forked.sqlite'}",
+        "--chunk-bytes",
+        "64KiB",
+        cwd=tmp_path,
+        env=environment,
+    )
+    in_process = cli(
+        "ingest",
+        *target,
+        "--database-url",
+        f"sqlite:///{tmp_path / 'in_process.sqlite'}",
+        cwd=tmp_path,
+        env=environment,
+    )
+    assert forked.returncode == 0 and in_process.returncode == 0, forked.stderr[-3000:]
+    (forked_file,) = json_output(forked)["files"]
+    (in_process_file,) = json_output(in_process)["files"]
+    assert forked_file == in_process_file
+    assert forked_file["status"] == "completed" and forked_file["rows_total"] == 250
+    forked_step = 'Executing step "catalog_ingest.process_chunk[chunk_00004]" in subprocess'
+    assert forked_step in forked.stderr
+    assert "in subprocess" not in in_process.stderr
+    # The run went to a scratch instance (its chunk steps were forked from it), which is
+    # gone once the command exits; the small default-chunk run made none.
+    assert not [p for p in scratch.iterdir() if p.name.startswith("catalog-pipeline-instance-")]
