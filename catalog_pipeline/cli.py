@@ -96,7 +96,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     ingest = commands.add_parser(
-        "ingest", help="ingest every CSV in the bucket through the Dagster job, in-process"
+        "ingest", help="ingest every CSV in the bucket through the Dagster job, from this process"
     )
     _add_target_options(ingest)
     ingest.add_argument(
@@ -112,7 +112,7 @@ def _parser() -> argparse.ArgumentParser:
 
     repair = commands.add_parser(
         "repair",
-        help="re-ingest one object's current version through the Dagster job, in-process",
+        help="re-ingest one object's current version through the Dagster job, from this process",
         description="Re-ingest one object key's current version through the same job as "
         "`ingest`, and record the attempt in repair_history. Refused when the object "
         "changed since its last ingest (the repair would ingest a version nobody has "
