@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from sqlalchemy import Engine, inspect, select, text
 
-from catalog_pipeline.db.tables import metadata
+from catalog_pipeline.db.tables import ingest_leases, metadata, utcnow
 
 # Bookkeeping that legitimately changes on a re-run (how often, by which run, when).
 VOLATILE = {
@@ -72,3 +74,17 @@ def completed_chunks(database_url: str) -> int:
         return 0
     finally:
         engine.dispose()
+
+
+def hold_ingest_lease(engine: Engine, object_key: str) -> None:
+    """Another process holds the object's ingest lease (for an hour): every run of the
+    object fails for real, at once, until the lease is deleted."""
+    with engine.begin() as connection:
+        connection.execute(
+            ingest_leases.insert().values(
+                object_key=object_key,
+                run_id="another-run",
+                acquired_at=utcnow(),
+                expires_at=utcnow() + timedelta(hours=1),
+            )
+        )

@@ -4,7 +4,6 @@ the command that retries them, and a bad database URL is a sentence and exit 2."
 
 from __future__ import annotations
 
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -19,8 +18,8 @@ from catalog_pipeline.db.tables import (
     ingest_leases,
     invalid_item_logs,
     source_files,
-    utcnow,
 )
+from tests.helpers import hold_ingest_lease
 from tests.test_cli import cli, json_output
 
 NO_INSTANCE = {"DAGSTER_HOME": ""}
@@ -109,16 +108,7 @@ def test_status_failed_lists_a_failed_file_with_its_reason_and_retry_command(tmp
     target = ("--bucket", bucket.url, "--database-url", url)
     engine = make_engine(url)
     assert cli("db", "upgrade", "--database-url", url).returncode == 0
-    # Another process holds the object's ingest lease: its run fails for real.
-    with engine.begin() as connection:
-        connection.execute(
-            ingest_leases.insert().values(
-                object_key=key,
-                run_id="another-run",
-                acquired_at=utcnow(),
-                expires_at=utcnow() + timedelta(hours=1),
-            )
-        )
+    hold_ingest_lease(engine, key)  # its run fails for real
     failed = cli("ingest", "--json", *target, env=NO_INSTANCE)
     assert failed.returncode == 1
 

@@ -6,15 +6,14 @@ unless forced, and every attempt is a `repair_history` row."""
 from __future__ import annotations
 
 import json
-from datetime import timedelta
 
 from sqlalchemy import Engine, text
 
 from catalog_pipeline.core.bucket import LocalBucket
 from catalog_pipeline.core.samples import sample_csv
 from catalog_pipeline.db.repair import repairs_of
-from catalog_pipeline.db.tables import ingest_leases, utcnow
-from tests.helpers import content_dump, dump
+from catalog_pipeline.db.tables import ingest_leases
+from tests.helpers import content_dump, dump, hold_ingest_lease
 from tests.test_cli import cli
 
 KEY = "shop_2026-11-01T06-00-00.csv"
@@ -224,16 +223,7 @@ def test_a_repair_that_fails_exits_1_and_a_later_one_completes(tmp_path, sqlite_
     bucket = LocalBucket(tmp_path / "bucket")
     etag = bucket.put(KEY, sample_csv(60, seed=8)).etag
     url = str(sqlite_engine.url)
-    # Another process holds the object's ingest lease: every run of it fails at once.
-    with sqlite_engine.begin() as connection:
-        connection.execute(
-            ingest_leases.insert().values(
-                object_key=KEY,
-                run_id="another-run",
-                acquired_at=utcnow(),
-                expires_at=utcnow() + timedelta(hours=1),
-            )
-        )
+    hold_ingest_lease(sqlite_engine, KEY)  # every run of it fails at once
     ingested = run("ingest", bucket, url, "--json")
     assert ingested.returncode == 1
     assert [file["status"] for file in last_json(ingested)["files"]] == ["failed"]
