@@ -106,7 +106,9 @@ def execution_run_config(
 
 
 PARTITION_TAG = "dagster/partition"
-PLAN_STEP = "plan_chunks"
+# The ingest graph's steps (catalog_ingest.plan_chunks, .process_chunk[chunk_N], .finalize):
+# a re-execution from failure runs only some of them, and is an ingest all the same.
+INGEST_STEP_PREFIX = "catalog_ingest."
 
 EXECUTOR_CONFIG = {
     "mode": dg.Field(
@@ -207,9 +209,9 @@ class SizeAwareExecutor(dg.Executor):
     ) -> Execution:
         if self._mode == IN_PROCESS:
             return Execution(IN_PROCESS, None, None, "as the run config asks")
-        partition = plan_context.dagster_run.tags.get(PARTITION_TAG)
+        partition = run_tag(plan_context, PARTITION_TAG)
         ingests = partition is not None and any(
-            key.split("[")[0].endswith(PLAN_STEP) for key in execution_plan.step_keys_to_execute
+            key.startswith(INGEST_STEP_PREFIX) for key in execution_plan.step_keys_to_execute
         )
         if self._mode == MULTIPROCESS:
             size = object_size(plan_context, partition) if ingests else None
@@ -226,7 +228,7 @@ def object_size(plan_context: PlanOrchestrationContext, partition: str | None) -
     """The size of the object the run ingests: the sensor's tag, else a HEAD of the bucket
     the run's resources point at. None when it cannot be read: the plan step then reports
     why (a missing object, an unreachable bucket) with its own retries."""
-    tagged = plan_context.dagster_run.tags.get(OBJECT_SIZE_TAG)
+    tagged = run_tag(plan_context, OBJECT_SIZE_TAG)
     if tagged is not None and tagged.isdigit():
         return int(tagged)
     if partition is None:
@@ -240,6 +242,17 @@ def object_size(plan_context: PlanOrchestrationContext, partition: str | None) -
             f"({root_cause(error)}); running in process"
         )
         return None
+
+
+def run_tag(plan_context: PlanOrchestrationContext, name: str) -> str | None:
+    """A tag of the run, else of the run it re-executes (a re-execution launched through
+    the Python API carries no tags of its own: the partition is its parent's)."""
+    run = plan_context.dagster_run
+    for run_id in (None, run.parent_run_id, run.root_run_id):
+        source = run if run_id is None else plan_context.instance.get_run_by_id(run_id)
+        if source is not None and name in source.tags:
+            return source.tags[name]
+    return None
 
 
 def _chunk_bytes(plan_context: PlanOrchestrationContext) -> int:

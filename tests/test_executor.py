@@ -94,3 +94,22 @@ def test_the_sensors_size_tag_spares_a_head_request(job_settings):
     with dg.instance_for_test() as instance:
         result = _run(instance, SPAWN, {OBJECT_SIZE_TAG: str(claimed)})
         assert _decision(instance, result.run_id)[::2] == ("multiprocess", claimed)
+
+
+def test_a_reexecution_without_the_plan_step_is_still_an_ingest(job_settings):
+    # Re-executing from failure runs only some chunk steps and `finalize`: the object is
+    # as large as it was, so its steps still fork.
+    job_settings(100_000)
+    with dg.instance_for_test() as instance:
+        first = _run(instance, SPAWN)
+        again = dg.execute_job(
+            dg.reconstructable(faulty_ingest_job),
+            instance,
+            run_config=SPAWN,
+            reexecution_options=dg.ReexecutionOptions(
+                parent_run_id=first.run_id, step_selection=["catalog_ingest.finalize"]
+            ),
+            raise_on_error=False,
+        )
+        assert again.success
+        assert _decision(instance, again.run_id)[::2] == ("multiprocess", len(DATA))
