@@ -261,6 +261,7 @@ def _run(arguments: argparse.Namespace) -> int:
     from catalog_pipeline.observability import configure_python_logging
 
     configure_python_logging()
+    _check_counts(arguments)
     if arguments.command in ("embed", "search", "similar"):
         return _run_embeddings_command(arguments)
     if arguments.command in ("status", "classify", "playcounts", "retention"):
@@ -303,12 +304,18 @@ def _run(arguments: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _check_counts(arguments: argparse.Namespace) -> None:
+    """The count options any command has (`--limit`, the retention windows) are 0 or more."""
+    for option in ("limit", "invalid_log_days", "provider_call_days"):
+        value = getattr(arguments, option, None)
+        if value is not None and value < 0:
+            raise UsageError(f"--{option.replace('_', '-')} {value}: give 0 or more")
+
+
 def _run_embeddings_command(arguments: argparse.Namespace) -> int:
     from catalog_pipeline import embeddings
     from catalog_pipeline.resources.catalog import CatalogDatabase, default_embedder
 
-    if getattr(arguments, "limit", None) is not None and arguments.limit < 0:
-        raise UsageError(f"--limit {arguments.limit}: give 0 or more")
     embedder = default_embedder().process_config_and_initialize().build()
     engine = CatalogDatabase(url=settings.setting(settings.DATABASE_URL)).engine()
     if arguments.command == "embed":
@@ -336,10 +343,6 @@ def _run_catalog_command(arguments: argparse.Namespace) -> int:
     from catalog_pipeline import commands
     from catalog_pipeline.db.engine import make_engine
 
-    for option in ("limit", "invalid_log_days", "provider_call_days"):
-        value = getattr(arguments, option, None)
-        if value is not None and value < 0:
-            raise UsageError(f"--{option.replace('_', '-')} {value}: give 0 or more")
     if getattr(arguments, "since", None) is not None:
         try:
             commands.parse_since(arguments.since)
