@@ -38,6 +38,7 @@ from catalog_pipeline.core.naming import parse_object_key
 from catalog_pipeline.core.read_ahead import read_ahead
 from catalog_pipeline.core.records import DEFAULT_QUOTE_BOUNDS, QuoteBounds
 from catalog_pipeline.core.retry import retrying
+from catalog_pipeline.core.snapshots import SnapshotPolicy
 from catalog_pipeline.core.validation import HeaderMapping, MissingColumnsError, map_header
 from catalog_pipeline.db import failures as failures_db
 from catalog_pipeline.db import ingest as db
@@ -318,9 +319,11 @@ def finalize(
     planned: PlannedFile,
     run_ids: Sequence[str | None] = (),
     bucket: Bucket | None = None,
+    snapshot: SnapshotPolicy | None = None,
 ) -> db.FileSummary:
     """Sum the stored chunk results (a retried chunk counts once) into the file row, and
     release the lease that the run (`run_ids`: it and the runs it re-executes) holds.
+    A completed file of a full-snapshot source (`snapshot`) delists what it no longer lists.
 
     Every chunk step reported success before this runs, yet a chunk may have no stored
     result: a database that crashed may lose the last commits it acknowledged (with
@@ -349,7 +352,7 @@ def finalize(
             for chunk in planned.chunks:
                 if chunk.index in missing:
                     ingest_chunk(bucket, engine, planned, chunk, run_id)
-        summary = retrying(lambda: db.finalize_file(engine, planned.source_file_id), what)
+        summary = retrying(lambda: db.finalize_file(engine, planned.source_file_id, snapshot), what)
         if summary.status == "failed":
             raise IncompleteFileError(
                 planned.info.key,
@@ -376,6 +379,7 @@ def ingest_object(
     chunk_bytes: int,
     run_id: str | None = None,
     workers: int = 1,
+    snapshot: SnapshotPolicy | None = None,
 ) -> tuple[db.FileSummary, Counter]:
     """Plan, process every chunk and finalize: the core-only path (no Dagster).
 
@@ -390,8 +394,10 @@ def ingest_object(
             planned = plan_object(bucket, engine, key, chunk_bytes, run_id)
             for chunk in planned.chunks:
                 reasons.update(ingest_chunk(bucket, engine, planned, chunk, run_id).reasons)
-            return finalize(engine, planned, [run_id], bucket), reasons
-        return _ingest_in_workers(bucket, engine, key, chunk_bytes, run_id, workers, reasons)
+            return finalize(engine, planned, [run_id], bucket, snapshot), reasons
+        return _ingest_in_workers(
+            bucket, engine, key, chunk_bytes, run_id, workers, reasons, snapshot
+        )
     except Exception as error:
         # What the run-failure sensor does for a Dagster run: the file is `failed`, with
         # the reason, and its lease is free.
@@ -410,6 +416,7 @@ def _ingest_in_workers(
     run_id: str,
     workers: int,
     reasons: Counter,
+    snapshot: SnapshotPolicy | None,
 ) -> tuple[db.FileSummary, Counter]:
     url = engine.url.render_as_string(hide_password=False)
     context = multiprocessing.get_context("spawn")
@@ -427,7 +434,7 @@ def _ingest_in_workers(
         ]
         for future in futures:
             reasons.update(future.result().reasons)
-    return finalize(engine, planned, [run_id], bucket), reasons
+    return finalize(engine, planned, [run_id], bucket, snapshot), reasons
 
 
 @functools.cache

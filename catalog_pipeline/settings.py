@@ -14,6 +14,10 @@ CHUNK_BYTES = "CATALOG_CHUNK_BYTES"
 # When an opening quote counts as unclosed (see core.records): bytes and line feeds.
 MAX_QUOTED_BYTES = "CATALOG_MAX_QUOTED_BYTES"
 MAX_QUOTED_LINE_FEEDS = "CATALOG_MAX_QUOTED_LINE_FEEDS"
+# Full-snapshot sources (comma-separated names, `*` for all): an item missing from a newer
+# completed file is delisted, unless more than this percentage of the source would go at once.
+FULL_SNAPSHOT_SOURCES = "CATALOG_FULL_SNAPSHOT_SOURCES"
+DELIST_HOLD_PERCENT = "CATALOG_DELIST_HOLD_PERCENT"
 # Classification: `keyword` (offline, default) or `openai` (any OpenAI-compatible endpoint).
 CLASSIFIER = "CLASSIFIER"
 CLASSIFIER_OPENAI_BASE_URL = "CLASSIFIER_OPENAI_BASE_URL"

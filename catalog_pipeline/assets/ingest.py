@@ -4,6 +4,7 @@ chunk) → `finalize`, producing `catalog_items` and `invalid_item_logs` for a p
 import time
 import warnings
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import dagster as dg
@@ -13,7 +14,13 @@ from catalog_pipeline.assets.partitions import object_key_for, source_csvs
 from catalog_pipeline.core.chunking import ByteRange
 from catalog_pipeline.core.errors import ChunkError, ObjectChangedError, causes, root_cause
 from catalog_pipeline.core.retry import retrying
-from catalog_pipeline.db.ingest import ChunkResult, FileSummary, load_chunk_results
+from catalog_pipeline.core.validation import header_changes, map_header
+from catalog_pipeline.db.ingest import (
+    ChunkResult,
+    FileSummary,
+    load_chunk_results,
+    previous_header,
+)
 from catalog_pipeline.resources.catalog import BucketResource, CatalogDatabase, IngestSettings
 
 CATALOG_ITEMS = dg.AssetKey("catalog_items")
@@ -192,17 +199,27 @@ def finalize(
     reports: list[ingest.ChunkReport],
     catalog_db: CatalogDatabase,
     bucket: BucketResource,
+    ingest_settings: IngestSettings,
 ):
-    """Sum the stored chunk results, reconcile them with the planner's record count."""
+    """Sum the stored chunk results, reconcile them with the planner's record count; a
+    full-snapshot source's completed file delists what it no longer lists."""
     try:
         engine = catalog_db.engine()
         take_over_if_reexecuting(context, plan.planned, catalog_db)
         summary = ingest.finalize(
-            engine, plan.planned, run_family(context.dagster_run), bucket.open()
+            engine,
+            plan.planned,
+            run_family(context.dagster_run),
+            bucket.open(),
+            ingest_settings.snapshot_policy(),
         )
         chunks = retrying(
             lambda: load_chunk_results(engine, summary.source_file_id),
             f"{summary.object_key}: chunk results",
+        )
+        previous = retrying(
+            lambda: previous_header(engine, summary.source_file_id),
+            f"{summary.object_key}: previous header",
         )
     except Exception as error:
         raise step_failure(error, object_key=plan.planned.info.key) from error
@@ -215,9 +232,12 @@ def finalize(
         "catalog_items",
         metadata={
             **items_metadata(plan.planned, summary, chunks, seconds),
+            **header_metadata(plan.planned.header, previous),
             "top_invalid_reasons": dg.MetadataValue.json(dict(reasons.most_common(TOP_REASONS))),
         },
     )
+    if summary.delisting_held:
+        context.log.warning(f"{summary.object_key}: {summary.delisting_held}")
     yield dg.Output(None, "invalid_item_logs", metadata=invalid_metadata(summary, reasons))
     yield reconcile_check(summary)
     yield dg.AssetCheckResult(
@@ -267,8 +287,33 @@ def items_metadata(
     }
     if summary.rejected_reason:
         metadata["rejected_reason"] = summary.rejected_reason
+    if summary.delisted_items is not None:
+        metadata["delisted_items"] = summary.delisted_items
+    if summary.delisting_held:
+        metadata["delisting_held"] = summary.delisting_held
     if chunks:
         metadata["chunk_results"] = chunk_table(chunks)
+    return metadata
+
+
+def header_metadata(
+    header: Sequence[str], previous: tuple[str, list[str]] | None
+) -> dict[str, dg.MetadataValue]:
+    """The file's header, the columns kept as attributes, and how the header differs from
+    the source's previous file (columns added, removed, renamed to another alias)."""
+    if not header:
+        return {}
+    mapping = map_header(header)
+    metadata = {
+        "header": dg.MetadataValue.json(list(header)),
+        "attribute_columns": dg.MetadataValue.json([name for name, _ in mapping.extras]),
+    }
+    if previous is not None:
+        changes = header_changes(previous[1], header)
+        metadata["header_changes"] = dg.MetadataValue.json(
+            {"previous_file": previous[0], **changes}
+        )
+        metadata["header_changed"] = any(changes.values())
     return metadata
 
 

@@ -55,6 +55,7 @@ STAGE_SCHEMA = pa.schema(
         ("play_count", pa.int64()),
         ("external_id", pa.string()),
         ("source_offset", pa.int64()),
+        ("attributes", pa.string()),  # JSON of the columns outside the contract, or null
     ]
 )
 
@@ -230,7 +231,8 @@ def accept_rows(table: pa.Table, mapping: HeaderMapping) -> tuple[np.ndarray, pa
     """Which rows of `table` (one string column per header field) are certainly valid,
     and the stage columns of every row (meaningless where not accepted).
 
-    Returns a boolean mask and a table in `STAGE_SCHEMA` order without `source_offset`.
+    Returns a boolean mask and a table in `STAGE_SCHEMA` order without `source_offset`
+    and `attributes`.
     """
     rows = table.num_rows
     columns = {name: contiguous(table.column(index)) for name, index in _fields(mapping)}
@@ -273,7 +275,8 @@ def accept_rows(table: pa.Table, mapping: HeaderMapping) -> tuple[np.ndarray, pa
         "play_count": parsed("play_count", _play_count, pa.int64()),
         "external_id": optional("external_id"),
     }
-    return accepted, pa.table(values, schema=STAGE_SCHEMA.remove(len(STAGE_SCHEMA) - 1))
+    value_schema = STAGE_SCHEMA.remove(len(STAGE_SCHEMA) - 1).remove(len(STAGE_SCHEMA) - 2)
+    return accepted, pa.table(values, schema=value_schema)
 
 
 def _fields(mapping: HeaderMapping) -> list[tuple[str, int]]:

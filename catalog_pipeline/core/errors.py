@@ -90,6 +90,10 @@ class PermanentError(CatalogError):
     transient = False
 
 
+class ConfigurationError(PermanentError, ValueError):
+    """A setting has a value the pipeline cannot work with."""
+
+
 class HeaderError(PermanentError):
     """The object cannot be planned: empty, or its header is unreadable."""
 

@@ -23,7 +23,7 @@ from catalog_pipeline.core.reader import (
     read_chunk_columns,
 )
 from catalog_pipeline.core.records import DEFAULT_QUOTE_BOUNDS, QuoteBounds
-from catalog_pipeline.core.validation import HeaderMapping, validate_record
+from catalog_pipeline.core.validation import HeaderMapping, attributes_json, validate_record
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +65,8 @@ def process_chunk_bytes(
         # Every row stays in the table until the one copy in `latest_per_sku`; the mask
         # says which of them hold valid values.
         accepted, values = accept_rows(chunk.table, mapping)
-        tables.append(values.append_column("source_offset", pa.array(chunk.starts)))
+        values = values.append_column("source_offset", pa.array(chunk.starts))
+        tables.append(values.append_column("attributes", _attributes(chunk.table, mapping)))
         records = chunk.records(~accepted)
     else:
         records = chunk.records
@@ -92,10 +93,24 @@ def _validate_each(
         else:
             item, found = validate_record(record.fields, mapping)
             if item is not None:
-                items.append(StagedItem(item, record.offset))
+                extras = attributes_json(record.fields, mapping.extras) if mapping.extras else None
+                items.append(StagedItem(item, record.offset, extras))
                 continue
         reasons.update(found)
         invalid.append(
             InvalidRecord(record.offset, found, chunk.raw(record, raw_log_bytes(record)))
         )
     return items, invalid, reasons
+
+
+def _attributes(table: pa.Table, mapping: HeaderMapping) -> pa.Array:
+    """The `attributes` of every row of a columnar chunk: null for all when the file has
+    no columns outside the contract (the common case costs nothing), else each row's JSON
+    (a Python pass over the extra columns only)."""
+    if not mapping.extras:
+        return pa.nulls(table.num_rows, pa.string())
+    columns = [table.column(index).to_pylist() for _, index in mapping.extras]
+    local = [(name, position) for position, (name, _) in enumerate(mapping.extras)]
+    return pa.array(
+        [attributes_json(row, local) for row in zip(*columns, strict=True)], pa.string()
+    )

@@ -45,6 +45,7 @@ class StagedItem(NamedTuple):
 
     item: Item
     offset: int
+    attributes: str | None = None  # `validation.attributes_json` of the record
 
     def as_row(self) -> tuple:
         """The row in `STAGE_SCHEMA` order (without the content hash)."""
@@ -64,6 +65,7 @@ class StagedItem(NamedTuple):
             item.play_count,
             item.external_id,
             self.offset,
+            self.attributes,
         )
 
 

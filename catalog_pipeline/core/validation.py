@@ -17,6 +17,7 @@ undecodable ``xn--`` labels are ``url_confusable_host``; ``xn--mnchen-3ya.de``
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 import socket
 import unicodedata
@@ -34,6 +35,8 @@ __all__ = [
     "HeaderMapping",
     "Item",
     "MissingColumnsError",
+    "attributes_json",
+    "header_changes",
     "map_header",
     "normalize_header_name",
     "validate_record",
@@ -66,12 +69,12 @@ COLUMN_ALIASES: dict[str, tuple[str, ...]] = {
     "play_count": ("play_count", "playcount", "plays"),
     "external_id": ("external_id", "isrc"),
     "weight_unit": ("weight_unit",),
-    "brand": ("brand",),
-    "category": ("category",),
-    "description": ("description",),
-    "price": ("price",),
-    "currency": ("currency",),
-    "availability": ("availability",),
+    "brand": ("brand", "manufacturer"),
+    "category": ("category", "product_category"),
+    "description": ("description", "product_description"),
+    "price": ("price", "price_usd", "current_price"),
+    "currency": ("currency", "currency_code"),
+    "availability": ("availability", "stock_status"),
     "weight": ("weight",),
 }
 
@@ -193,6 +196,9 @@ class HeaderMapping:
     field_count: int
     positions: dict[str, int]
     ignored: tuple[str, ...]
+    # The columns outside the contract (unknown names, and a later alias of a column
+    # already mapped), as (attribute name, record index): kept in `catalog_items.attributes`.
+    extras: tuple[tuple[str, int], ...] = ()
     # Record index per CANONICAL_COLUMNS entry, -1 when absent; derived from positions.
     _indexes: tuple[int, ...] = field(init=False, repr=False, compare=False)
 
@@ -238,7 +244,71 @@ def map_header(header: Sequence[str]) -> HeaderMapping:
     missing = tuple(c for c in REQUIRED_COLUMNS if c not in positions)
     if missing:
         raise MissingColumnsError(missing, names)
-    return HeaderMapping(field_count=len(names), positions=positions, ignored=tuple(ignored))
+    return HeaderMapping(
+        field_count=len(names),
+        positions=positions,
+        ignored=tuple(ignored),
+        extras=_extras(names, set(positions.values())),
+    )
+
+
+def _extras(names: Sequence[str], mapped: set[int]) -> tuple[tuple[str, int], ...]:
+    """The attribute name of every unmapped column: its header name trimmed, `column_N`
+    when that is empty, and `name (2)`, `name (3)`, … for a name seen before."""
+    extras: list[tuple[str, int]] = []
+    taken: set[str] = set()
+    for index, name in enumerate(names):
+        if index in mapped:
+            continue
+        base = name.strip() or f"column_{index + 1}"
+        attribute, copy = base, 1
+        while attribute in taken:
+            copy += 1
+            attribute = f"{base} ({copy})"
+        taken.add(attribute)
+        extras.append((attribute, index))
+    return tuple(extras)
+
+
+def header_changes(previous: Sequence[str], current: Sequence[str]) -> dict[str, list]:
+    """How a source's header changed from its previous file: columns `added` and `removed`
+    (names compared as headers are matched: ignoring case and punctuation), and catalog
+    columns `renamed` to another accepted name (`[column, old name, new name]`)."""
+
+    def columns(header: Sequence[str]) -> tuple[dict[str, str], dict[str, str]]:
+        """normalized name -> name, and catalog column -> normalized name (first wins)."""
+        found: dict[str, str] = {}
+        mapped: dict[str, str] = {}
+        for name in header:
+            key = normalize_header_name(name.lstrip("\ufeff"))
+            found.setdefault(key, name.lstrip("\ufeff"))
+            if key in _HEADER_LOOKUP:
+                mapped.setdefault(_HEADER_LOOKUP[key], key)
+        return found, mapped
+
+    (before, mapped_before), (after, mapped_after) = columns(previous), columns(current)
+    renamed = [
+        [column, before[old], after[mapped_after[column]]]
+        for column, old in mapped_before.items()
+        if column in mapped_after and mapped_after[column] != old
+    ]
+    moved = {before[old] for _, old, _ in renamed} | {new for _, _, new in renamed}
+    return {
+        "added": [name for key, name in after.items() if key not in before and name not in moved],
+        "removed": [name for key, name in before.items() if key not in after and name not in moved],
+        "renamed": renamed,
+    }
+
+
+def attributes_json(fields: Sequence[str], extras: Sequence[tuple[str, int]]) -> str | None:
+    """The stored `attributes` of one record: its non-empty extra values, trimmed, as a
+    JSON object in header order; None when it has none."""
+    found = {}
+    for attribute, index in extras:
+        value = fields[index].strip()
+        if value:
+            found[attribute] = value
+    return json.dumps(found, ensure_ascii=False) if found else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,7 @@ from sqlalchemy import (
     Table,
     Text,
     and_,
+    cast,
     func,
     literal,
     select,
@@ -40,9 +41,12 @@ from sqlalchemy import (
     tuple_,
     update,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 
 from catalog_pipeline.core.chunking import ChunkPlan
 from catalog_pipeline.core.ingest import ChunkOutcome, InvalidRecord
+from catalog_pipeline.core.snapshots import SnapshotPolicy
+from catalog_pipeline.db import history
 from catalog_pipeline.db.binary_copy import copy_payload
 from catalog_pipeline.db.engine import dialect_insert
 from catalog_pipeline.db.failures import renew_lease
@@ -74,6 +78,7 @@ STAGE_COLUMNS = (
     "play_count",
     "external_id",
     "source_offset",
+    "attributes",
     "content_hash",
 )
 FILE_COLUMNS = ("source", "observed_at", "object_key", "source_file_id")
@@ -112,6 +117,10 @@ class FileSummary:
     rejected_reason: str | None
     chunks_total: int
     chunks_completed: int
+    # A full-snapshot source's completed file: items it delisted, or why it held (None:
+    # not a full-snapshot source, or not decided by this file).
+    delisted_items: int | None = None
+    delisting_held: str | None = None
 
 
 def _upsert_file(connection: Connection, obj: SourceObject, values: dict) -> int:
@@ -344,11 +353,16 @@ def _upsert_items(connection: Connection, file_row, source_file_id: int, items: 
     # disk and cost about 5 µs a row (a fifth of the statement). Were the order ever
     # lost, the price is a deadlock PostgreSQL detects and the step's retry, never a
     # wrong row: precedence alone decides what is stored.
+    staged_values = [stage.c[name] for name in STAGE_COLUMNS]
+    if connection.dialect.name == "postgresql":
+        position = STAGE_COLUMNS.index("attributes")
+        staged_values[position] = cast(stage.c.attributes, JSONB)
     statement = insert(catalog_items).from_select(
-        [*STAGE_COLUMNS, *FILE_COLUMNS, "first_seen_at", "updated_at"],
+        [*STAGE_COLUMNS, *FILE_COLUMNS, "history_file_id", "first_seen_at", "updated_at"],
         select(
-            *(stage.c[name] for name in STAGE_COLUMNS),
+            *staged_values,
             *file_values,
+            literal(source_file_id, Integer),  # the first listing is history
             literal(now, UtcDateTime),
             literal(now, UtcDateTime),
         ).where(true()),
@@ -359,6 +373,8 @@ def _upsert_items(connection: Connection, file_row, source_file_id: int, items: 
         index_elements=["sku"],
         set_={
             **{name: excluded[name] for name in (*STAGE_COLUMNS, *FILE_COLUMNS) if name != "sku"},
+            "delisted_at": None,  # listed again
+            "history_file_id": history.changed_file_id(excluded),
             "updated_at": now,
         },
         where=tuple_(*(excluded[name] for name in precedence))
@@ -378,9 +394,8 @@ def _upsert_items(connection: Connection, file_row, source_file_id: int, items: 
         # plain INSERT would fail on the key and the step retry, never write a wrong row.
         inserted = catalog_items.c.first_seen_at.is_not_distinct_from(literal(now, UtcDateTime))
         upserted = statement.returning(
-            catalog_items.c.id,
-            catalog_items.c.sku,
-            catalog_items.c.source_offset,
+            *(catalog_items.c[name] for name in history.RETURNED),
+            catalog_items.c.history_file_id,
             catalog_items.c.play_count,
             inserted.label("inserted"),
         ).cte("upserted")
@@ -390,6 +405,7 @@ def _upsert_items(connection: Connection, file_row, source_file_id: int, items: 
             options = {"ordered": False, "where": rows, "may_conflict": may_conflict}
             writes.append(_provenance_insert(connection, upserted, source_file_id, now, **options))
             writes.append(scrape_readings_insert(connection, upserted, measured_on, now, **options))
+            writes.append(history.changes_insert(connection, upserted, now, **options))
         query = select(func.count()).select_from(upserted)
         for number, write in enumerate(writes):
             query = query.add_cte(write.cte(f"write_{number}"))
@@ -410,7 +426,8 @@ def _upsert_items(connection: Connection, file_row, source_file_id: int, items: 
     )
     connection.execute(_provenance_insert(connection, staged, source_file_id, now))
     record_scrape_readings(connection, stage, measured_on, now)
-    if connection.dialect.name == "sqlite":
+    if connection.dialect.name == "sqlite":  # PostgreSQL's RETURNING path wrote history
+        history.record_changes(connection, stage, source_file_id, now)
         stage.drop(connection)
 
 
@@ -505,8 +522,14 @@ def _log_invalid(
     )
 
 
-def finalize_file(engine: Engine, source_file_id: int) -> FileSummary:
-    """Sum the stored chunk results into the file row; completed only if every chunk is."""
+def finalize_file(
+    engine: Engine, source_file_id: int, snapshot: SnapshotPolicy | None = None
+) -> FileSummary:
+    """Sum the stored chunk results into the file row; completed only if every chunk is.
+
+    A completed file of a source `snapshot` declares full-snapshot delists, in the same
+    transaction, the items of its source it no longer lists (see `history.apply_snapshot`).
+    """
     with engine.begin() as connection:
         totals = connection.execute(
             select(
@@ -531,6 +554,8 @@ def finalize_file(engine: Engine, source_file_id: int) -> FileSummary:
                 updated_at=utcnow(),
             )
         )
+        if snapshot is not None and status == "completed":
+            history.apply_snapshot(connection, source_file_id, snapshot)
         return load_summary(connection, source_file_id, chunks_total, completed)
 
 
@@ -550,6 +575,8 @@ def load_summary(
         "rows_invalid",
         "verified_row_count",
         "rejected_reason",
+        "delisted_items",
+        "delisting_held",
     ]
     row = connection.execute(
         select(*(source_files.c[name] for name in summary_columns)).where(
@@ -575,6 +602,8 @@ def load_summary(
         rejected_reason=row.rejected_reason,
         chunks_total=chunks_total,
         chunks_completed=chunks_completed or 0,
+        delisted_items=row.delisted_items,
+        delisting_held=row.delisting_held,
     )
 
 
@@ -637,3 +666,23 @@ def latest_summary(engine: Engine, object_key: str, etag: str | None = None) -> 
             query.order_by(source_files.c.id.desc()).limit(1)
         ).scalar_one_or_none()
         return None if file_id is None else load_summary(connection, file_id)
+
+
+def previous_header(engine: Engine, source_file_id: int) -> tuple[str, list[str]] | None:
+    """The object key and header of the file of the same source planned before this one
+    (by scrape time, then id), or None for a source's first file."""
+    this = source_files.alias("this")
+    with engine.connect() as connection:
+        row = connection.execute(
+            select(source_files.c.object_key, source_files.c.header)
+            .join(this, this.c.id == source_file_id)
+            .where(
+                source_files.c.source == this.c.source,
+                source_files.c.header.is_not(None),
+                tuple_(source_files.c.observed_at, source_files.c.id)
+                < tuple_(this.c.observed_at, this.c.id),
+            )
+            .order_by(source_files.c.observed_at.desc(), source_files.c.id.desc())
+            .limit(1)
+        ).one_or_none()
+    return None if row is None else (row.object_key, json.loads(row.header))

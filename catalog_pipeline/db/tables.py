@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from sqlalchemy import (
+    JSON,
     REAL,
     BigInteger,
     Boolean,
@@ -22,7 +23,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.types import TypeDecorator
 
 metadata = MetaData(
@@ -68,6 +69,9 @@ def _timestamps() -> list[Column]:
     ]
 
 
+# JSON, stored as JSONB on PostgreSQL (indexable, compact) and as text on SQLite.
+JSON_DOCUMENT = JSON().with_variant(JSONB(), "postgresql")
+
 FILE_STATUSES = ("planned", "ingesting", "completed", "failed", "rejected", "superseded")
 
 source_files = Table(
@@ -98,6 +102,10 @@ source_files = Table(
     # A `failed` file: the chunk indexes that did not complete (JSON list; migration 0005).
     # Its reason is in `error`.
     Column("failed_chunks", Text),
+    # A completed file of a full-snapshot source (migration 0007): how many items it
+    # delisted, or why delisting was held (too large a share of the source at once).
+    Column("delisted_items", BigInteger),
+    Column("delisting_held", Text),
     *_timestamps(),
     UniqueConstraint("object_key", "etag"),
     Index(None, "status"),
@@ -149,8 +157,32 @@ catalog_items = Table(
     Column("content_hash", String(64), nullable=False),
     Column("first_seen_at", UtcDateTime, nullable=False, default=utcnow),
     Column("updated_at", UtcDateTime, nullable=False, default=utcnow),
+    # Scraper realities (migration 0007): the file's columns outside the contract, header
+    # name -> value (NULL when it had none); when a full-snapshot source stopped listing
+    # the item (NULL while listed); the file that last changed its price, currency,
+    # availability or listing, i.e. its newest `catalog_item_history` row.
+    Column("attributes", JSON_DOCUMENT),
+    Column("delisted_at", UtcDateTime),
+    Column("history_file_id", Integer),
     # No index on `source` or `external_id`: no query looks a value up in either, and
     # each would cost every new item an index insert (migration 0004).
+)
+
+# One row per change of an item's price, currency, availability or listing state, with
+# the file (and record) it came from: the item's state from then on (migration 0007). An
+# ingest that changes none of them adds nothing; the first listing is a row.
+catalog_item_history = Table(
+    "catalog_item_history",
+    metadata,
+    Column("item_id", Integer, primary_key=True, autoincrement=False),
+    Column("source_file_id", Integer, primary_key=True, autoincrement=False),
+    Column("observed_at", UtcDateTime, nullable=False),
+    Column("price", Float),
+    Column("currency", Text),
+    Column("availability", Text),
+    Column("listed", Boolean, nullable=False),
+    Column("byte_offset", BigInteger),  # the record's; NULL for a delisting
+    Column("recorded_at", UtcDateTime, nullable=False, default=utcnow),
 )
 
 catalog_item_sources = Table(

@@ -19,6 +19,7 @@ from catalog_pipeline.core.records import (
     QuoteBounds,
 )
 from catalog_pipeline.core.retry import retrying
+from catalog_pipeline.core.snapshots import DEFAULT_HOLD_PERCENT, SnapshotPolicy
 from catalog_pipeline.db.engine import ensure_current, make_engine
 from catalog_pipeline.resources.classifier import ClassifierResource
 from catalog_pipeline.resources.embedder import (
@@ -37,12 +38,14 @@ from catalog_pipeline.settings import (
     CLASSIFIER_OPENAI_MODEL,
     CLASSIFIER_TIMEOUT_SECONDS,
     DATABASE_URL,
+    DELIST_HOLD_PERCENT,
     EMBEDDER,
     EMBEDDINGS_API_KEY,
     EMBEDDINGS_BATCH_SIZE,
     EMBEDDINGS_DIMENSIONS,
     EMBEDDINGS_MODEL,
     EMBEDDINGS_URL,
+    FULL_SNAPSHOT_SOURCES,
     MAX_QUOTED_BYTES,
     MAX_QUOTED_LINE_FEEDS,
     S3_ENDPOINT_URL,
@@ -95,9 +98,17 @@ class IngestSettings(dg.ConfigurableResource):
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     max_quoted_bytes: int = DEFAULT_MAX_QUOTED_BYTES
     max_quoted_line_feeds: int = DEFAULT_MAX_QUOTED_LINE_FEEDS
+    # Sources whose every file lists their whole catalog (comma-separated, `*` for all):
+    # an item missing from a newer completed file is delisted, unless more than
+    # `delist_hold_percent` % of the source's listed items would go at once.
+    full_snapshot_sources: str = ""
+    delist_hold_percent: int = DEFAULT_HOLD_PERCENT
 
     def quote_bounds(self) -> QuoteBounds:
         return QuoteBounds(self.max_quoted_bytes, self.max_quoted_line_feeds)
+
+    def snapshot_policy(self) -> SnapshotPolicy:
+        return SnapshotPolicy.parse(self.full_snapshot_sources, self.delist_hold_percent / 100)
 
 
 def _env_or(name: str, default, kind=dg.EnvVar):
@@ -118,6 +129,8 @@ def default_resources() -> dict[str, dg.ConfigurableResource]:
             max_quoted_line_feeds=_env_or(
                 MAX_QUOTED_LINE_FEEDS, DEFAULT_MAX_QUOTED_LINE_FEEDS, dg.EnvVar.int
             ),
+            full_snapshot_sources=_env_or(FULL_SNAPSHOT_SOURCES, ""),
+            delist_hold_percent=_env_or(DELIST_HOLD_PERCENT, DEFAULT_HOLD_PERCENT, dg.EnvVar.int),
         ),
         "classifier": ClassifierResource(
             kind=_env_or(CLASSIFIER, "keyword"),

@@ -27,7 +27,7 @@ from catalog_pipeline.core.ingest import process_chunk_bytes
 from catalog_pipeline.core.items import StagedItem, content_hash
 from catalog_pipeline.core.reader import ColumnarChunk, read_chunk, read_chunk_columns
 from catalog_pipeline.core.samples import HEADER, sample_csv
-from catalog_pipeline.core.validation import map_header, validate_record
+from catalog_pipeline.core.validation import attributes_json, map_header, validate_record
 
 WHITESPACE = ["\u00a0", "\u3000", "\u2003", "\u1680", "\u0085", "\x1c", "\x1f", "\t", "\u2029"]
 TEXT = [
@@ -198,7 +198,9 @@ def _reference(data: bytes, base: int, mapping):
             invalid.append((record.offset, reasons))
             continue
         valid += 1
-        latest[item.sku] = (*StagedItem(item, record.offset).as_row(), content_hash(item))
+        extras = attributes_json(record.fields, mapping.extras) if mapping.extras else None
+        staged = StagedItem(item, record.offset, extras)
+        latest[item.sku] = (*staged.as_row(), content_hash(item))
     return [latest[sku] for sku in sorted(latest)], invalid, valid
 
 

@@ -655,6 +655,7 @@ def test_map_header_full() -> None:
             "external_id": 7,
         },
         ignored=("colour", ""),
+        extras=(("colour", 2), ("column_7", 6)),
     )
 
 
