@@ -45,6 +45,9 @@ class FileResult:
     rows_invalid: int
     verified_row_count: int | None
     rejected_reason: str | None
+    # A full-snapshot source's file: items it delisted, or why delisting was held.
+    delisted_items: int | None = None
+    delisting_held: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,6 +251,23 @@ def _parser() -> argparse.ArgumentParser:
         help='print one JSON object only: {"dry_run", "tables": [{"table", "deleted", ...}]}',
     )
 
+    item_history = commands.add_parser(
+        "history",
+        help="an item's price, availability and listing history",
+        description="Every change of one catalog item's price, currency, availability or "
+        "listing (first listed, delisted by a full-snapshot source, listed again), oldest "
+        "first, each with the file it came from. An ingest that changed none of them adds "
+        "nothing. Exit 1 when no item has the SKU.",
+    )
+    item_history.add_argument("sku", help="the item's SKU, as in the files")
+    item_history.add_argument("--database-url", help=f"default: ${settings.DATABASE_URL} or SQLite")
+    item_history.add_argument(
+        "--json",
+        action="store_true",
+        help='print one JSON object only: {"sku", "item": {...}, "history": [{"observed_at", '
+        '"price", "currency", "availability", "listed", "changes", "object_key", ...}]}',
+    )
+
     database = commands.add_parser("db", help="database maintenance")
     database_commands = database.add_subparsers(dest="db_command", required=True)
     upgrade = database_commands.add_parser("upgrade", help="apply migrations up to the newest")
@@ -264,7 +284,7 @@ def _run(arguments: argparse.Namespace) -> int:
     _check_counts(arguments)
     if arguments.command in ("embed", "search", "similar"):
         return _run_embeddings_command(arguments)
-    if arguments.command in ("status", "classify", "playcounts", "retention"):
+    if arguments.command in ("status", "classify", "playcounts", "retention", "history"):
         return _run_catalog_command(arguments)
     if arguments.command == "repair":
         from catalog_pipeline.repair import run_repair_command
@@ -338,7 +358,7 @@ def _run_embeddings_command(arguments: argparse.Namespace) -> int:
 
 
 def _run_catalog_command(arguments: argparse.Namespace) -> int:
-    """`status`, `classify`, `playcounts backfill` and `retention`: commands on the catalog
+    """`status`, `classify`, `playcounts backfill`, `retention` and `history`: commands on the catalog
     database alone (no bucket), its URL checked first so a bad one is a usage error."""
     from catalog_pipeline import commands
     from catalog_pipeline.db.engine import make_engine
@@ -356,6 +376,8 @@ def _run_catalog_command(arguments: argparse.Namespace) -> int:
 
         engine = CatalogDatabase(url=url).engine()
         return run_status_command(engine, failed=arguments.failed, json_mode=arguments.json)
+    if arguments.command == "history":
+        return commands.run_history_command(url, arguments.sku, json_mode=arguments.json)
     if arguments.command == "classify":
         return commands.run_classify_command(
             url,
@@ -458,6 +480,24 @@ def _apply_overrides(arguments: argparse.Namespace) -> None:
     for name, value in overrides.items():
         if value is not None:
             os.environ[name] = str(value)
+    if arguments.command in ("ingest", "demo", "repair"):
+        _check_snapshot_settings()
+
+
+def _check_snapshot_settings() -> None:
+    """The delisting settings make sense before any file is ingested with them."""
+    from catalog_pipeline.core.errors import ConfigurationError
+    from catalog_pipeline.core.snapshots import DEFAULT_HOLD_PERCENT, SnapshotPolicy
+
+    text = os.environ.get(settings.DELIST_HOLD_PERCENT) or str(DEFAULT_HOLD_PERCENT)
+    try:
+        SnapshotPolicy.parse(settings.setting(settings.FULL_SNAPSHOT_SOURCES), int(text) / 100)
+    except ValueError as error:
+        if not isinstance(error, ConfigurationError):
+            error = ConfigurationError(
+                f"${settings.DELIST_HOLD_PERCENT} {text!r}: give a whole percentage, 1 to 100"
+            )
+        raise UsageError(str(error)) from None
 
 
 def parse_chunk_bytes(text: str, source: str = "--chunk-bytes", *, units: bool = True) -> int:
@@ -756,6 +796,8 @@ def ingest_one(session: IngestSession, info: ObjectInfo) -> IngestedObject:
         rows_invalid=summary.rows_invalid if summary else 0,
         verified_row_count=summary.verified_row_count if summary else None,
         rejected_reason=reason if status == "failed" else summary.rejected_reason,
+        delisted_items=summary.delisted_items if summary else None,
+        delisting_held=summary.delisting_held if summary else None,
     )
     return IngestedObject(result, run.run_id, summary.source_file_id if summary else None)
 
@@ -772,6 +814,12 @@ def format_summary(results: list[FileResult]) -> str:
         )
         if result.rejected_reason:
             lines.append(f"{'':<{width}}  ↳ {result.rejected_reason}")
+        if result.delisting_held:
+            lines.append(f"{'':<{width}}  ↳ {result.delisting_held}")
+        elif result.delisted_items:
+            lines.append(
+                f"{'':<{width}}  ↳ delisted {result.delisted_items:,} items it no longer lists"
+            )
     total = sum(result.rows_total for result in results)
     valid = sum(result.rows_valid for result in results)
     lines.append(

@@ -1,5 +1,5 @@
-"""`catalog-pipeline classify | playcounts backfill | retention`: the work of an asset or a
-schedule, run from a terminal with the same code, settings and defaults.
+"""`catalog-pipeline classify | playcounts backfill | retention | history`: the work of an
+asset or a schedule, run from a terminal with the same code, settings and defaults.
 
 - `classify` runs `classify_scope`, the function of the `item_classifications` asset and of
   `reclassify_catalog_job`, over the whole catalog, with the classifier of the environment.
@@ -8,6 +8,8 @@ schedule, run from a terminal with the same code, settings and defaults.
   items when asked; it shows what the pass would cost before it spends anything.
 - `retention` deletes what `invalid_log_retention_job` deletes, with its default windows
   and batch limits, or (dry run) counts it.
+- `history SKU` shows an item's `catalog_item_history`: each change of price, currency,
+  availability or listing, with the file it came from.
 
 Each prints a human summary, or with `--json` one JSON object as the last line of stdout;
 progress goes to stderr (`catalog_pipeline.progress`).
@@ -393,3 +395,82 @@ def run_retention_command(
             line += "; the batch cap was reached: rows remain for the next run"
         print(line)
     return 0
+
+
+# history
+
+
+def run_history_command(database_url: str | None, sku: str, *, json_mode: bool) -> int:
+    """Print one item's history (exit 1 when no item has the SKU)."""
+    from catalog_pipeline.db.history import item_history
+    from catalog_pipeline.resources.catalog import CatalogDatabase
+
+    engine = CatalogDatabase(url=database_url).engine()
+    item, entries = retrying(lambda: item_history(engine, sku), f"history of {sku!r}")
+    if item is None:
+        message = f"no catalog item has SKU {sku!r}"
+        if json_mode:
+            print(json.dumps({"sku": sku, "error": message}))
+        else:
+            print(f"catalog-pipeline: {message}", file=sys.stderr)
+        return 1
+    rows = []
+    previous = None
+    for entry in entries:
+        rows.append(
+            {
+                "observed_at": entry.observed_at.isoformat(),
+                "price": entry.price,
+                "currency": entry.currency,
+                "availability": entry.availability,
+                "listed": entry.listed,
+                "changes": history_changes(previous, entry),
+                "object_key": entry.object_key,
+                "byte_offset": entry.byte_offset,
+            }
+        )
+        previous = entry
+    if json_mode:
+        current = {
+            key: value.isoformat() if isinstance(value, datetime) else value
+            for key, value in item.items()
+            if key != "id"
+        }
+        print(json.dumps({"sku": sku, "item": current, "history": rows}))
+        return 0
+    state = "delisted" if item["delisted_at"] else "listed"
+    print(
+        f"{sku}: {item['name']} (source {item['source']}, {state}; price "
+        f"{_money(item['price'], item['currency'])}, {item['availability'] or 'availability unknown'})"
+    )
+    if not rows:
+        print("no history recorded")
+    for row in rows:
+        print(
+            f"{row['observed_at'][:19].replace('T', ' ')}  {'; '.join(row['changes'])}  ({row['object_key']})"
+        )
+    return 0
+
+
+def history_changes(previous, entry) -> list[str]:
+    """What one history row changed against the row before it, in words."""
+    if previous is None:
+        return [
+            f"first listed at {_money(entry.price, entry.currency)}, {entry.availability or 'availability unknown'}"
+        ]
+    changes = []
+    if entry.listed != previous.listed:
+        changes.append("listed again" if entry.listed else "delisted")
+    if (entry.price, entry.currency) != (previous.price, previous.currency):
+        changes.append(
+            f"price {_money(previous.price, previous.currency)} → {_money(entry.price, entry.currency)}"
+        )
+    if entry.availability != previous.availability:
+        changes.append(f"availability {previous.availability or '-'} → {entry.availability or '-'}")
+    return changes or ["no change"]
+
+
+def _money(price: float | None, currency: str | None) -> str:
+    if price is None:
+        return "no price"
+    return f"{price:,.2f}{f' {currency}' if currency else ''}"

@@ -5,13 +5,18 @@ from __future__ import annotations
 import csv
 import io
 
+import dagster as dg
 from sqlalchemy import func, select
 
 from catalog_pipeline.core.snapshots import SnapshotPolicy
 from catalog_pipeline.db import history
 from catalog_pipeline.db.tables import catalog_item_history, catalog_items, source_files
 from catalog_pipeline.ingest import ingest_object
+from catalog_pipeline.resources.catalog import IngestSettings
+from tests.assets.test_catalog_ingest import run_partition
+from tests.dagster_jobs import resources
 from tests.helpers import dump
+from tests.test_cli import cli, json_output
 
 SHOP = SnapshotPolicy.parse("shop")
 HEADER = ["sku", "name", "url", "price", "currency", "availability"]
@@ -220,3 +225,109 @@ def test_extra_columns_are_kept_as_attributes_for_every_valid_item(engine, local
         if row["Pack Size"]:
             expected["Pack Size"] = row["Pack Size"]
         assert stored[row["sku"]] == (row["title"], 4.99, expected), row["sku"]
+
+
+def materialized_metadata(result) -> dict:
+    (materialization,) = [
+        m
+        for m in result.asset_materializations_for_node("catalog_ingest")
+        if m.asset_key == dg.AssetKey("catalog_items")
+    ]
+    return {key: getattr(value, "value", value) for key, value in materialization.metadata.items()}
+
+
+def test_materialization_metadata_tells_header_changes_and_the_delisting(
+    tmp_path, local_bucket, sqlite_engine
+):
+    """Through the Dagster job: the header, the columns kept as attributes, the change
+    from the source's previous file, and the delisting (or its hold) are metadata."""
+    res = resources(local_bucket.url, str(sqlite_engine.url), 4096)
+    res["ingest_settings"] = IngestSettings(chunk_bytes=4096, full_snapshot_sources="shop")
+    first = items(100)
+    renamed = ["sku", "title", "url", "price_usd", "currency", "availability", "colour_shade"]
+    second = [
+        {
+            **{
+                ("title" if k == "name" else "price_usd" if k == "price" else k): v
+                for k, v in row.items()
+            },
+            "colour_shade": "teal",
+        }
+        for sku, row in sorted(first.items())[:95]
+    ]
+    third = second[:40]
+    keys = [
+        "shop_2026-03-01T00-00-00.csv",
+        "shop_2026-03-02T00-00-00.csv",
+        "shop_2026-03-03T00-00-00.csv",
+    ]
+    local_bucket.put(keys[0], scrape(list(first.values())))
+    local_bucket.put(keys[1], scrape(second, renamed))
+    local_bucket.put(keys[2], scrape(third, renamed))
+    with dg.instance_for_test() as instance:
+        results = [run_partition(res, key, instance) for key in keys]
+    assert all(result.success for result in results)
+    one, two, three = (materialized_metadata(result) for result in results)
+    assert one["header"] == HEADER and one["attribute_columns"] == []
+    assert "header_changes" not in one  # the source's first file
+    assert one["delisted_items"] == 0
+    assert two["attribute_columns"] == ["colour_shade"]
+    assert two["header_changed"] is True
+    assert two["header_changes"] == {
+        "previous_file": keys[0],
+        "added": ["colour_shade"],
+        "removed": [],
+        "renamed": [["name", "name", "title"], ["price", "price", "price_usd"]],
+    }
+    assert two["delisted_items"] == 5 and "delisting_held" not in two
+    assert three["header_changed"] is False
+    assert three["delisted_items"] == 0
+    assert "58%" in three["delisting_held"]
+    with sqlite_engine.connect() as connection:
+        attributes = connection.execute(
+            select(catalog_items.c.attributes).where(catalog_items.c.sku == "SKU-00000")
+        ).scalar_one()
+    assert attributes == {"colour_shade": "teal"}
+
+
+def test_cli_scenario_ingest_output_and_history(tmp_path):
+    """The issue's scenario as a user runs it: `catalog-pipeline ingest` after each scrape,
+    then `catalog-pipeline history SKU`."""
+    bucket = tmp_path / "bucket"
+    bucket.mkdir()
+    environment = {
+        "CATALOG_BUCKET_URL": f"file://{bucket}",
+        "CATALOG_DATABASE_URL": f"sqlite:///{tmp_path / 'catalog.sqlite'}",
+        "CATALOG_FULL_SNAPSHOT_SOURCES": "acme, shop",
+    }
+    first = items(1000)
+    second = {sku: dict(row) for sku, row in first.items() if not 100 <= int(sku[4:]) < 150}
+    for sku in sorted(second)[500:520]:
+        second[sku]["price"] = "999.00"
+    third = dict(sorted(second.items())[:380])
+    scrapes = [first, second, third]
+    outputs = []
+    for day, rows in enumerate(scrapes, start=1):
+        (bucket / f"shop_2026-04-0{day}T00-00-00.csv").write_bytes(scrape(list(rows.values())))
+        outputs.append(json_output(cli("ingest", "--json", env=environment)))
+    files = {entry["object_key"]: entry for entry in outputs[-1]["files"]}
+    assert [f["status"] for f in files.values()] == ["completed"] * 3
+    assert [f["delisted_items"] for f in files.values()] == [0, 50, 0]
+    held = files["shop_2026-04-03T00-00-00.csv"]["delisting_held"]
+    assert held.startswith("delisting held: 570 of the 950 listed items of source 'shop' (60%)")
+    text = cli("ingest", env=environment)
+    assert text.returncode == 0 and "↳ delisting held: 570 of the 950" in text.stdout
+    changed = sorted(second)[500]
+    shown = json_output(cli("history", changed, "--json", env=environment))
+    assert [row["changes"] for row in shown["history"]] == [
+        [f"first listed at {float(first[changed]['price']):,.2f} USD, in_stock"],
+        [f"price {float(first[changed]['price']):,.2f} USD → 999.00 USD"],
+    ]
+    gone = json_output(cli("history", "SKU-00120", "--json", env=environment))
+    assert gone["item"]["delisted_at"].startswith("2026-04-02")
+    assert [row["changes"] for row in gone["history"]][-1] == ["delisted"]
+    missing = cli("history", "NO-SUCH-SKU", env=environment)
+    assert missing.returncode == 1 and "no catalog item has SKU 'NO-SUCH-SKU'" in missing.stderr
+    bad = cli("ingest", env={**environment, "CATALOG_DELIST_HOLD_PERCENT": "150"})
+    assert bad.returncode == 2 and "CATALOG_DELIST_HOLD_PERCENT" in bad.stderr
+    assert "Traceback" not in bad.stderr
