@@ -331,3 +331,18 @@ def test_cli_scenario_ingest_output_and_history(tmp_path):
     bad = cli("ingest", env={**environment, "CATALOG_DELIST_HOLD_PERCENT": "150"})
     assert bad.returncode == 2 and "CATALOG_DELIST_HOLD_PERCENT" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_an_item_whose_row_is_invalid_today_is_not_delisted(engine, local_bucket):
+    first = items(20)
+    second = {sku: dict(row) for sku, row in first.items() if sku != "SKU-00004"}
+    second["SKU-00007"]["price"] = "twelve dollars"  # still listed, badly scraped
+    ingest(local_bucket, engine, "shop_2026-05-01T00-00-00.csv", scrape(list(first.values())))
+    summary = ingest(
+        local_bucket, engine, "shop_2026-05-02T00-00-00.csv", scrape(list(second.values()))
+    )
+    assert (summary.rows_invalid, summary.delisted_items) == (1, 1)
+    assert history.item_history(engine, "SKU-00004")[0]["delisted_at"] is not None
+    kept, entries = history.item_history(engine, "SKU-00007")
+    assert kept["delisted_at"] is None and kept["price"] == float(first["SKU-00007"]["price"])
+    assert [entry.listed for entry in entries] == [True]

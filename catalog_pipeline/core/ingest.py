@@ -23,7 +23,12 @@ from catalog_pipeline.core.reader import (
     read_chunk_columns,
 )
 from catalog_pipeline.core.records import DEFAULT_QUOTE_BOUNDS, QuoteBounds
-from catalog_pipeline.core.validation import HeaderMapping, attributes_json, validate_record
+from catalog_pipeline.core.validation import (
+    MAX_SKU_LENGTH,
+    HeaderMapping,
+    attributes_json,
+    validate_record,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +36,9 @@ class InvalidRecord:
     byte_offset: int
     reasons: tuple[str, ...]
     raw: bytes
+    # The record's SKU when it has one (the right field count, a non-empty SKU field):
+    # a full-snapshot source still lists an item whose row is invalid today.
+    sku: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +96,7 @@ def _validate_each(
     invalid: list[InvalidRecord] = []
     reasons: Counter = Counter()
     for record in records:
+        sku = None
         if record.error is not None:
             found: tuple[str, ...] = (record.error,)
         else:
@@ -96,9 +105,11 @@ def _validate_each(
                 extras = attributes_json(record.fields, mapping.extras) if mapping.extras else None
                 items.append(StagedItem(item, record.offset, extras))
                 continue
+            if len(record.fields) == mapping.field_count:
+                sku = record.fields[mapping.positions["sku"]].strip()[:MAX_SKU_LENGTH] or None
         reasons.update(found)
         invalid.append(
-            InvalidRecord(record.offset, found, chunk.raw(record, raw_log_bytes(record)))
+            InvalidRecord(record.offset, found, chunk.raw(record, raw_log_bytes(record)), sku)
         )
     return items, invalid, reasons
 

@@ -38,6 +38,7 @@ from catalog_pipeline.db.tables import (
     UtcDateTime,
     catalog_item_history,
     catalog_items,
+    invalid_item_logs,
     source_files,
     utcnow,
 )
@@ -163,7 +164,16 @@ def apply_snapshot(
     if newer:
         return None
     of_source = and_(catalog_items.c.source == file.source, catalog_items.c.delisted_at.is_(None))
-    absent = catalog_items.c.observed_at < file.observed_at
+    # Last seen in an older file, and not in this one as an invalid row either (the
+    # source still lists an item whose row it got wrong today).
+    invalid_here = select(invalid_item_logs.c.sku).where(
+        invalid_item_logs.c.source_file_id == source_file_id,
+        invalid_item_logs.c.sku.is_not(None),
+    )
+    absent = and_(
+        catalog_items.c.observed_at < file.observed_at,
+        catalog_items.c.sku.not_in(invalid_here),
+    )
     listed, missing = connection.execute(
         select(func.count(), func.count().filter(absent)).where(of_source)
     ).one()

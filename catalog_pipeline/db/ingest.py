@@ -481,13 +481,14 @@ def _log_invalid(
     now = utcnow()
     offsets = [row.byte_offset for row in invalid]
     reasons = [json.dumps(list(row.reasons)) for row in invalid]
+    skus = [row.sku for row in invalid]
     # Undecodable bytes and NULs (which no Postgres text holds) are logged as escapes.
     raws = [
         row.raw.decode("utf-8", errors="backslashreplace").replace("\x00", "\\x00")
         for row in invalid
     ]
     table = invalid_item_logs.name
-    columns = "source_file_id, object_key, chunk_index, byte_offset, reasons, raw, created_at"
+    columns = "source_file_id, object_key, chunk_index, byte_offset, reasons, raw, sku, created_at"
     conflict = "ON CONFLICT (source_file_id, byte_offset) DO NOTHING"
     driver = connection.connection.driver_connection
     if connection.dialect.name == "postgresql":
@@ -496,28 +497,34 @@ def _log_invalid(
         stage = _temp_table(
             connection,
             "invalid_item_logs_stage",
-            [Column("byte_offset", BigInteger), Column("reasons", Text), Column("raw", Text)],
+            [
+                Column("byte_offset", BigInteger),
+                Column("reasons", Text),
+                Column("raw", Text),
+                Column("sku", Text),
+            ],
         )
         rows = pa.table(
             {
                 "byte_offset": pa.array(offsets, pa.int64()),
                 "reasons": pa.array(reasons, pa.string()),
                 "raw": pa.array(raws, pa.string()),
+                "sku": pa.array(skus, pa.string()),
             }
         )
         _copy_binary(connection, stage.name, rows)
         driver.execute(
             f"INSERT INTO {table} ({columns}) "
-            f"SELECT %s, %s, %s, byte_offset, reasons, raw, %s FROM {stage.name} {conflict}",
+            f"SELECT %s, %s, %s, byte_offset, reasons, raw, sku, %s FROM {stage.name} {conflict}",
             (source_file_id, object_key, chunk_index, now),
         )
         return
     created_at = UtcDateTime().process_bind_param(now, connection.dialect)
     driver.executemany(
-        f"INSERT INTO {table} ({columns}) VALUES (?, ?, ?, ?, ?, ?, ?) {conflict}",
+        f"INSERT INTO {table} ({columns}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) {conflict}",
         [
-            (source_file_id, object_key, chunk_index, offset, reason, raw, created_at)
-            for offset, reason, raw in zip(offsets, reasons, raws, strict=True)
+            (source_file_id, object_key, chunk_index, offset, reason, raw, sku, created_at)
+            for offset, reason, raw, sku in zip(offsets, reasons, raws, skus, strict=True)
         ],
     )
 

@@ -208,6 +208,9 @@ invalid_item_logs = Table(
     Column("reasons", Text, nullable=False),
     Column("raw", Text, nullable=False),
     Column("created_at", UtcDateTime, nullable=False, default=utcnow),
+    # The record's SKU when it has one (migration 0007): an item whose row is invalid in
+    # a full-snapshot file is still listed by it, so it is not delisted.
+    Column("sku", String(200)),
     UniqueConstraint("source_file_id", "byte_offset"),
     Index(None, "created_at"),
 )

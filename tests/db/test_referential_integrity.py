@@ -97,16 +97,14 @@ def test_migration_0005_adds_the_failure_ledgers_and_goes_back(engine, local_buc
 
 
 def _without_0007_history(tables: dict) -> dict:
-    """A downgrade past 0007 drops the item history, which the upgrade cannot rebuild from
-    the items: it seeds one row per item (tested below). Everything else must be equal."""
+    """A downgrade past 0007 drops the item history and the SKUs of invalid rows, which the
+    upgrade cannot rebuild (it seeds one history row per item, tested below). Everything
+    else must be equal."""
     tables = dict(tables)
     tables.pop("catalog_item_history")
-    history_file = [c.name for c in metadata.tables["catalog_items"].columns].index(
-        "history_file_id"
-    )
-    tables["catalog_items"] = [
-        row[:history_file] + row[history_file + 1 :] for row in tables["catalog_items"]
-    ]
+    for table, column in (("catalog_items", "history_file_id"), ("invalid_item_logs", "sku")):
+        index = [c.name for c in metadata.tables[table].columns].index(column)
+        tables[table] = [row[:index] + row[index + 1 :] for row in tables[table]]
     return tables
 
 

@@ -1,5 +1,5 @@
 """scraper realities: catalog_items.attributes, delisted_at and history_file_id;
-source_files.delisted_items and delisting_held; catalog_item_history
+source_files.delisted_items and delisting_held; invalid_item_logs.sku; catalog_item_history
 
 Items stored before this revision get their current state as their first history row.
 
@@ -32,6 +32,8 @@ def upgrade() -> None:
     with op.batch_alter_table("source_files", schema=None) as batch_op:
         batch_op.add_column(sa.Column("delisted_items", sa.BigInteger(), nullable=True))
         batch_op.add_column(sa.Column("delisting_held", sa.Text(), nullable=True))
+    with op.batch_alter_table("invalid_item_logs", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("sku", sa.String(200), nullable=True))
     op.create_table(
         "catalog_item_history",
         sa.Column("item_id", sa.Integer(), autoincrement=False, nullable=False),
@@ -56,6 +58,8 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("catalog_item_history")
+    with op.batch_alter_table("invalid_item_logs", schema=None) as batch_op:
+        batch_op.drop_column("sku")
     with op.batch_alter_table("source_files", schema=None) as batch_op:
         batch_op.drop_column("delisting_held")
         batch_op.drop_column("delisted_items")
