@@ -160,3 +160,19 @@ def test_cli_help_does_not_depend_on_the_terminal(monkeypatch):
     narrow = cli_docs.generate()
     monkeypatch.setenv("COLUMNS", "300")
     assert cli_docs.generate() == narrow
+
+
+def test_the_alias_table_of_input_md_is_the_code_s():
+    """docs/input.md's "Column names and aliases" lists exactly the names the header
+    mapping accepts for each column."""
+    from catalog_pipeline.core.validation import COLUMN_ALIASES
+
+    section = (REPO / "docs" / "input.md").read_text().split("## Column names and aliases")[1]
+    documented: dict[str, set[str]] = {}
+    for columns, names in re.findall(r"^\| (`[a-z_`, ]+`) \| ([a-z_, ]+) \|$", section, re.M):
+        for column in re.findall(r"`([a-z_]+)`", columns):
+            documented.setdefault(column, set()).update(n.strip() for n in names.split(","))
+    expected = {column: set(aliases) for column, aliases in COLUMN_ALIASES.items()}
+    expected["weight"] |= expected["weight_unit"]  # one row for the pair
+    expected["weight_unit"] = expected["weight"]
+    assert documented == expected
