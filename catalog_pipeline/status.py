@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 SENSOR_NAME = "new_csv_objects_sensor"
 PARTITIONS_SHOWN = 10
 FAILED_SHOWN = 50
+HOLDS_SHOWN = 10
 RUNS_READ = 200  # newest ingest runs read to find the newest run of PARTITIONS_SHOWN keys
 
 
@@ -78,11 +79,22 @@ def collect_status(
         },
         "catalog_items": retrying(lambda: db.catalog_item_count(engine), "status: items"),
         "invalid_rows": retrying(lambda: db.invalid_row_count(engine), "status: invalid rows"),
+        "delisting": _delisting(engine),
         "partitions": _partitions(engine, instance, instance_note),
         "queues": _queues(engine),
         "sensor": _sensor(instance),
     }
     return status
+
+
+def _delisting(engine: Engine) -> dict:
+    delisted, holds = retrying(lambda: db.delisting_state(engine, HOLDS_SHOWN), "status: delisting")
+    return {
+        "delisted_items": delisted,
+        "holds": [
+            {"object_key": h.object_key, "source": h.source, "reason": h.reason} for h in holds
+        ],
+    }
 
 
 def _partitions(engine: Engine, instance: dg.DagsterInstance | None, note: str | None) -> dict:
@@ -276,6 +288,10 @@ def format_status(status: dict) -> str:
     lines.append(f"invalid rows:   {status['invalid_rows']:,}")
     if files["failed"]:
         lines.append("                (`catalog-pipeline status --failed` lists the failed files)")
+    delisting = status["delisting"]
+    lines.append(f"delisted items: {delisting['delisted_items']:,}")
+    for hold in delisting["holds"]:
+        lines.append(f"  held by {hold['object_key']}: {hold['reason']}")
     partitions = status["partitions"]
     where = "Dagster instance" if partitions["source"] == "dagster" else "database"
     lines += ["", f"partitions:     {partitions['count']:,} (last runs, from the {where}):"]

@@ -317,6 +317,10 @@ def test_cli_scenario_ingest_output_and_history(tmp_path):
     assert held.startswith("delisting held: 570 of the 950 listed items of source 'shop' (60%)")
     text = cli("ingest", env=environment)
     assert text.returncode == 0 and "↳ delisting held: 570 of the 950" in text.stdout
+    status = json_output(cli("status", "--json", env=environment))["delisting"]
+    assert status["delisted_items"] == 50
+    assert [hold["object_key"] for hold in status["holds"]] == ["shop_2026-04-03T00-00-00.csv"]
+    assert status["holds"][0]["reason"] == held
     changed = sorted(second)[500]
     shown = json_output(cli("history", changed, "--json", env=environment))
     assert [row["changes"] for row in shown["history"]] == [

@@ -79,6 +79,40 @@ def invalid_row_count(engine: Engine) -> int:
     return row_count(engine, invalid_item_logs)
 
 
+@dataclass(frozen=True, slots=True)
+class DelistingHold:
+    object_key: str
+    source: str
+    reason: str
+
+
+def delisting_state(engine: Engine, limit: int) -> tuple[int, list[DelistingHold]]:
+    """Items delisted now, and the standing holds: full-snapshot files whose delisting was
+    held and that are still their source's newest completed file (newest first)."""
+    newer = source_files.alias("newer")
+    with engine.connect() as connection:
+        delisted = connection.execute(
+            select(func.count()).where(catalog_items.c.delisted_at.is_not(None))
+        ).scalar_one()
+        rows = connection.execute(
+            select(_files.object_key, _files.source, _files.delisting_held)
+            .where(
+                _files.delisting_held.is_not(None),
+                _files.status == "completed",
+                ~select(newer.c.id)
+                .where(
+                    newer.c.source == _files.source,
+                    newer.c.status == "completed",
+                    newer.c.observed_at > _files.observed_at,
+                )
+                .exists(),
+            )
+            .order_by(_files.observed_at.desc())
+            .limit(limit)
+        ).all()
+    return int(delisted), [DelistingHold(*row) for row in rows]
+
+
 def latest_ingests(engine: Engine, limit: int) -> tuple[int, list[PartitionIngest]]:
     """How many object keys have an ingest on record, and the newest ingest of the `limit`
     keys touched last (newest first)."""
