@@ -719,12 +719,14 @@ def _run_instance(session: IngestSession, info: ObjectInfo) -> dg.DagsterInstanc
     instance (DAGSTER_HOME) always; without one, a scratch instance only for an object it
     would fork chunk steps for (in process either way otherwise)."""
     from catalog_pipeline.assets.partitions import partition_key_for, source_csvs
+    from catalog_pipeline.core.naming import compression_of
     from catalog_pipeline.executor import MULTIPROCESS, choose_execution
 
     if session.instance.is_persistent:
         return session.instance
     chunk_bytes = int(settings.setting(settings.CHUNK_BYTES) or 0)
-    if choose_execution(info.size, chunk_bytes).mode != MULTIPROCESS:
+    compression = compression_of(info.key)
+    if choose_execution(info.size, chunk_bytes, compression=compression).mode != MULTIPROCESS:
         return None
     scratch = _scratch_instance()
     scratch.add_dynamic_partitions(source_csvs.name, [partition_key_for(info.key)])

@@ -7,7 +7,10 @@ ETag) is found like a new object, and one call never lists more than `scan_limit
 objects or acts on more than `request_limit` new versions.
 
 Empty objects and objects whose header cannot be read or lacks required columns are
-recorded as rejected here, cheaply (a HEAD-sized ranged read), and never requested.
+recorded as rejected here, cheaply (a HEAD-sized ranged read), and never requested. A
+compressed object's first bytes are decompressed for that (a corrupt start of the stream
+is a rejection too). Hidden keys, among them the staged decompressed copies of compressed
+objects (`.<name>.<etag>.staged.csv`), are never objects to ingest, whatever the bucket.
 """
 
 from __future__ import annotations
@@ -19,9 +22,10 @@ from sqlalchemy import Engine
 
 from catalog_pipeline import ingest
 from catalog_pipeline.core.bucket import Bucket, ObjectInfo
-from catalog_pipeline.core.chunking import header_from_prefix
+from catalog_pipeline.core.chunking import MAX_HEADER_BYTES, header_from_prefix
+from catalog_pipeline.core.compression import decompress_prefix
 from catalog_pipeline.core.errors import CatalogError, HeaderError
-from catalog_pipeline.core.naming import is_csv_key
+from catalog_pipeline.core.naming import compression_of, is_csv_key, is_hidden_key
 from catalog_pipeline.core.retry import RetryPolicy, retrying
 from catalog_pipeline.core.validation import MissingColumnsError, map_header
 from catalog_pipeline.db import ingest as db
@@ -30,6 +34,9 @@ SCAN_LIMIT = 1000
 SENSOR_RETRY_SECONDS = 30.0
 REQUEST_LIMIT = 100
 HEADER_PROBE_BYTES = 64 * 1024
+# A compressed object's probe: enough for a whole first zstd block (up to 128 KiB of
+# compressed input however little it compresses) and a gzip header line many times over.
+COMPRESSED_PROBE_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +76,7 @@ def discover(
         lambda: _list_slice(bucket, after, scan_limit), f"listing {bucket.url}", policy
     )
     result.scanned = len(listed)
-    page = [info for info in listed if is_csv_key(info.key)]
+    page = [info for info in listed if is_csv_key(info.key) and not is_hidden_key(info.key)]
     known = retrying(
         lambda: db.known_versions(engine, [info.key for info in page]),
         "catalog database: known versions",
@@ -132,19 +139,37 @@ def _classify(
 
 def rejection_reason(bucket: Bucket, info: ObjectInfo) -> str | None:
     """Why the object cannot be ingested at all, from its first bytes; None if it can."""
+    compression = compression_of(info.key)
+    probe = HEADER_PROBE_BYTES if compression is None else COMPRESSED_PROBE_BYTES
     try:
         prefix = (
             b""
             if info.size == 0
             else retrying(
-                lambda: bucket.read_range(info, 0, min(info.size, HEADER_PROBE_BYTES)),
+                lambda: bucket.read_range(info, 0, min(info.size, probe)),
                 f"{info.key}: header probe",
                 sensor_retry_policy(),
             )
         )
-        header = header_from_prefix(prefix, info.size)
+        size = info.size
+        if compression is not None:
+            prefix, size = _decompressed_start(prefix, compression, info)
+        header = header_from_prefix(prefix, size)
         if header is not None:
             map_header(header)
     except (HeaderError, MissingColumnsError) as error:
         return str(error)
     return None
+
+
+def _decompressed_start(prefix: bytes, compression: str, info: ObjectInfo) -> tuple[bytes, int]:
+    """The decompressed start of a compressed object from its first bytes `prefix`, and
+    the size to judge it by: the decompressed size when `prefix` held the whole object and
+    decompressed within the header limit, else one byte more than was decompressed (the
+    object goes on, so a header line cut short is not yet a verdict)."""
+    whole = len(prefix) >= info.size
+    limit = MAX_HEADER_BYTES + 1  # one byte past the longest header: as the planner judges
+    start = decompress_prefix(prefix, compression, info.key, limit, whole=whole)
+    if whole and len(start) < limit:
+        return start, len(start)
+    return start, len(start) + 1

@@ -8,6 +8,10 @@ process; larger ones run their chunk steps in processes forked from a server tha
 preloaded the code location. Runs of other jobs run in process. The choice and its
 reason are the run's first engine event, so the run log says why.
 
+A compressed object (`.csv.gz`, `.csv.zst`) is judged by the size it will have
+decompressed, which is what its chunks cut: its size (compressed, from the tag or HEAD)
+times `compression.ESTIMATED_RATIO` (5), so that a large compressed file still forks.
+
 Dagster's own `multi_or_in_process_executor` cannot do this: it takes its mode from
 run config, which a UI launch leaves empty, so every UI run paid a fresh interpreter
 per step (about 3 s each).
@@ -30,7 +34,9 @@ from dagster._core.executor.multiprocess import MultiprocessExecutor
 
 from catalog_pipeline.assets.partitions import object_key_for
 from catalog_pipeline.core.chunking import checked_chunk_bytes
+from catalog_pipeline.core.compression import ESTIMATED_RATIO, estimated_data_size
 from catalog_pipeline.core.errors import root_cause
+from catalog_pipeline.core.naming import compression_of
 
 # Files up to this many chunks run every step in one process: a process per chunk costs
 # more (interpreter start, imports) than a few chunks take to ingest.
@@ -59,6 +65,7 @@ def choose_execution(
     steps: int | None = None,
     multiprocess: bool = False,
     cores: int | None = None,
+    compression: str | None = None,
 ) -> Execution:
     """In process for objects of up to three chunks (or of unknown size); for larger ones
     (or when `multiprocess` is asked for), one concurrent chunk step per core plus one,
@@ -70,14 +77,22 @@ def choose_execution(
     2 cores, the 1,000,000-row benchmark file in four interleaved pairs: 3 steps took
     29.3-35.3 s where 2 took 32.9-38.9 s. The core path without Dagster gains nothing
     from a third worker (its workers never restart), so this is Dagster's step start.
+
+    `size` is the object's; with `compression` it is the compressed size, and the chunks
+    are counted from the estimated decompressed size (`Execution.size` is that estimate).
     """
     checked_chunk_bytes(chunk_bytes)  # a clear error, not a division by zero
+    compressed_size, size = size, estimated_data_size(size, compression)
     chunks = None if size is None else max(1, -(-size // chunk_bytes))
-    described = (
-        "object size unknown"
-        if size is None
-        else f"{size:,} bytes, {chunks} chunk{'s' * (chunks != 1)}"
-    )
+    if size is None:
+        described = "object size unknown"
+    elif compression is None:
+        described = f"{size:,} bytes, {chunks} chunk{'s' * (chunks != 1)}"
+    else:
+        described = (
+            f"about {size:,} bytes decompressed (a {compressed_size:,}-byte {compression} "
+            f"object, {ESTIMATED_RATIO}x), {chunks} chunk{'s' * (chunks != 1)}"
+        )
     if not multiprocess and (chunks is None or chunks <= IN_PROCESS_MAX_CHUNKS):
         return Execution(IN_PROCESS, None, size, f"{described} of {chunk_bytes:,} bytes")
     if steps is None:
@@ -213,15 +228,25 @@ class SizeAwareExecutor(dg.Executor):
         ingests = partition is not None and any(
             key.startswith(INGEST_STEP_PREFIX) for key in execution_plan.step_keys_to_execute
         )
+        # (The key's suffix is never percent-encoded: the partition key says it as well.)
+        compression = compression_of(partition) if ingests else None
         if self._mode == MULTIPROCESS:
             size = object_size(plan_context, partition) if ingests else None
-            return choose_execution(size, _chunk_bytes(plan_context), self._max_concurrent, True)
+            return choose_execution(
+                size,
+                _chunk_bytes(plan_context),
+                self._max_concurrent,
+                True,
+                compression=compression,
+            )
         if not ingests:
             return Execution(IN_PROCESS, None, None, "the run ingests no object")
         if not self._can_fork:
             return Execution(IN_PROCESS, None, None, "no code location to fork steps from")
         size = object_size(plan_context, partition)
-        return choose_execution(size, _chunk_bytes(plan_context), self._max_concurrent)
+        return choose_execution(
+            size, _chunk_bytes(plan_context), self._max_concurrent, compression=compression
+        )
 
 
 def object_size(plan_context: PlanOrchestrationContext, partition: str | None) -> int | None:

@@ -2,14 +2,24 @@
 
 The Dagster ops call these one step each; `ingest_object` runs them in sequence for the
 core-only path (benchmarks, tests). Both write the same rows.
+
+A compressed object (`.csv.gz`, `.csv.zst`) cannot be cut into byte ranges read on their
+own, so its plan step streams it once, decompressing into a local temporary file, plans
+the chunks of the decompressed bytes and uploads them as a hidden staged object next to
+it (`naming.staged_key`). The chunk steps read byte ranges of that copy, pinned to its
+ETag, exactly as they read a plain object; its byte offsets (chunks, invalid-row logs,
+errors) are offsets in the decompressed content. `finalize` deletes the copy once the
+file is done; a failed file keeps it, for re-execution from failure.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import logging
 import multiprocessing
+import tempfile
 import time
 import uuid
 from collections import Counter
@@ -17,16 +27,19 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy import Engine
 
-from catalog_pipeline.core.bucket import Bucket, ObjectInfo
+from catalog_pipeline.core.bucket import BLOCK_BYTES, Bucket, ObjectInfo
 from catalog_pipeline.core.chunking import ByteRange, ChunkPlan, plan_chunks
+from catalog_pipeline.core.compression import decompressed_blocks
 from catalog_pipeline.core.errors import (
     ChunkError,
     HeaderError,
     IncompleteFileError,
     ObjectChangedError,
+    StagedCopyError,
     root_cause,
 )
 from catalog_pipeline.core.ingest import ChunkOutcome, process_chunk_bytes
@@ -34,17 +47,19 @@ from catalog_pipeline.core.memory import (
     without_transparent_hugepages,
     worker_allocator_environment,
 )
-from catalog_pipeline.core.naming import parse_object_key
+from catalog_pipeline.core.naming import compression_of, parse_object_key, staged_key
 from catalog_pipeline.core.read_ahead import read_ahead
 from catalog_pipeline.core.records import DEFAULT_QUOTE_BOUNDS, QuoteBounds
-from catalog_pipeline.core.retry import retrying
+from catalog_pipeline.core.retry import RetryPolicy, retrying
 from catalog_pipeline.core.snapshots import SnapshotPolicy
 from catalog_pipeline.core.validation import HeaderMapping, MissingColumnsError, map_header
 from catalog_pipeline.db import failures as failures_db
 from catalog_pipeline.db import ingest as db
 from catalog_pipeline.db.engine import make_engine
+from catalog_pipeline.db.repair import last_ingested_version
 
 log = logging.getLogger("catalog_pipeline.ingest")
+CLEANUP_RETRY_SECONDS = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +73,16 @@ class PlannedFile:
     record_count: int
     rejected_reason: str | None = None
     quote_bounds: QuoteBounds = DEFAULT_QUOTE_BOUNDS  # the plan's: its chunks are read with them
+    # A compressed object's staged decompressed copy: the chunks are byte ranges of it
+    # (`info` stays the compressed object, the file row's version). None for a plain
+    # object, whose own bytes the chunks are, and in a plan pickled before it existed.
+    data: ObjectInfo | None = None
+
+
+def chunk_source(planned: PlannedFile) -> ObjectInfo:
+    """The object whose byte ranges the plan's chunks are: the staged copy of a compressed
+    object, else the object itself."""
+    return getattr(planned, "data", None) or planned.info
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,8 +128,12 @@ def plan_object(
     A run (`run_id`) holds the object key's lease until it finalizes or its failure is
     recorded; while another live run holds it, this raises `LeaseHeldError` (one ingest
     of an object at a time, whatever launched it). A file that cannot be ingested at all
-    (empty, unreadable header, missing required columns) is stored as `rejected` with
-    its reason and returned with no chunks.
+    (empty, unreadable header, missing required columns, a corrupt or truncated
+    compressed stream) is stored as `rejected` with its reason and returned with no chunks.
+
+    A compressed object is decompressed into a temporary file (disk: its decompressed
+    size, in the system's temporary folder) and staged in the bucket for the chunk steps
+    (see the module); a rejected one stages nothing.
     """
     if run_id is None:
         return _plan_object(bucket, engine, key, chunk_bytes, None, quote_bounds)
@@ -133,22 +162,50 @@ def _plan_object(
 ) -> PlannedFile:
     info = retrying(lambda: bucket.head(key), f"{key}: HEAD")
     obj = source_object(info)
-    try:
-        plan = retrying(
-            lambda: scan_chunks(bucket, info, chunk_bytes, quote_bounds), f"{key}: planning read"
-        )
-        map_header(plan.header)
-    except (HeaderError, MissingColumnsError) as error:
-        reason = str(error)
-        file_id = retrying(
-            lambda: db.record_rejection(engine, obj, reason, run_id),
-            f"{key}: recording the rejection",
-        )
-        return PlannedFile(file_id, info, (), (), 0, rejected_reason=reason)
+    compression = compression_of(key)
+    previous = _previous_staged_version(engine, key) if compression else None
+    staged: ObjectInfo | None = None
+    with _scratch_folder(compression) as folder:
+        copy = Path(folder or ".") / "decompressed.csv"  # used for a compressed object only
+        try:
+            if compression is None:
+                plan = retrying(
+                    lambda: scan_chunks(bucket, info, chunk_bytes, quote_bounds),
+                    f"{key}: planning read",
+                )
+            else:
+                plan = retrying(
+                    lambda: scan_compressed(bucket, info, copy, chunk_bytes, quote_bounds),
+                    f"{key}: planning read",
+                )
+            map_header(plan.header)
+        except (HeaderError, MissingColumnsError) as error:
+            reason = str(error)
+            file_id = retrying(
+                lambda: db.record_rejection(engine, obj, reason, run_id),
+                f"{key}: recording the rejection",
+            )
+            _discard_previous_copy(bucket, key, info.etag, previous)
+            return PlannedFile(file_id, info, (), (), 0, rejected_reason=reason)
+        if compression is not None:
+            staged = retrying(
+                lambda: bucket.put_file(staged_key(key, info.etag), copy),
+                f"{key}: staging its decompressed copy",
+            )
+            log.info("%s: %s bytes decompressed, staged as %s", key, f"{plan.size:,}", staged.key)
     file_id = retrying(
         lambda: db.record_plan(engine, obj, plan, chunk_bytes, run_id), f"{key}: storing the plan"
     )
-    return _planned(file_id, info, plan)
+    _discard_previous_copy(bucket, key, info.etag, previous)
+    return _planned(file_id, info, plan, staged)
+
+
+def _scratch_folder(compression: str | None):
+    """A temporary folder for a compressed object's decompressed copy (none for a plain
+    object); removed with what it holds once the plan step is done with it."""
+    if compression is None:
+        return contextlib.nullcontext(None)
+    return tempfile.TemporaryDirectory(prefix="catalog-staging-")
 
 
 def scan_chunks(
@@ -163,7 +220,77 @@ def scan_chunks(
     return plan_chunks(blocks, info.size, chunk_bytes, quote_bounds)
 
 
-def _planned(file_id: int, info: ObjectInfo, plan: ChunkPlan) -> PlannedFile:
+def scan_compressed(
+    bucket: Bucket,
+    info: ObjectInfo,
+    copy: Path,
+    chunk_bytes: int,
+    quote_bounds: QuoteBounds = DEFAULT_QUOTE_BOUNDS,
+) -> ChunkPlan:
+    """The chunk plan of a compressed object version's decompressed content, which is
+    written to the local file `copy` on the way (one streaming read of the object, pinned
+    to its ETag, then one read of `copy`: the planner needs the size first).
+
+    Memory is a few blocks whatever the object's size; a corrupt or truncated stream
+    raises `DecompressionError` (a `HeaderError`: the file is rejected)."""
+    compression = compression_of(info.key)
+    if compression is None:
+        raise ValueError(f"{info.key} is not a compressed CSV key")
+    compressed = read_ahead(bucket.iter_blocks(info))
+    try:
+        with copy.open("wb") as handle:  # each attempt starts the copy afresh
+            for block in decompressed_blocks(compressed, compression, info.key):
+                handle.write(block)
+    finally:
+        compressed.close()  # a broken stream stops the read at once
+    blocks = read_ahead(_file_blocks(copy))
+    return plan_chunks(blocks, copy.stat().st_size, chunk_bytes, quote_bounds)
+
+
+def _file_blocks(path: Path, block_bytes: int = BLOCK_BYTES) -> Iterator[bytes]:
+    with path.open("rb") as handle:
+        while block := handle.read(block_bytes):
+            yield block
+
+
+def _previous_staged_version(engine: Engine, key: str) -> str | None:
+    """The ETag of the version of `key` ingested before (whose staged copy a failed
+    ingest kept), so that planning a newer version can delete that copy."""
+    try:
+        version = last_ingested_version(engine, key)
+    except Exception as error:  # only a clean-up depends on it
+        log.warning("%s: could not read its previous version: %s", key, root_cause(error))
+        return None
+    return version.etag if version is not None else None
+
+
+def _discard_previous_copy(
+    bucket: Bucket, key: str, current_etag: str, previous_etag: str | None
+) -> None:
+    """A newer version supersedes the previous one: its staged copy (kept if its ingest
+    failed) is of no more use."""
+    if previous_etag is not None and previous_etag != current_etag:
+        discard_staged_copy(bucket, key, staged_key(key, previous_etag))
+
+
+def discard_staged_copy(bucket: Bucket, key: str, staged: str) -> None:
+    """Delete a staged decompressed copy. Best effort: a copy left behind costs only
+    storage (it is hidden from every listing), so a failure is logged, never raised, and
+    transient ones are retried for at most 30 s, not a step's whole budget."""
+    budget = min(CLEANUP_RETRY_SECONDS, RetryPolicy.from_environment().budget_seconds)
+    try:
+        retrying(
+            lambda: bucket.delete(staged),
+            f"{key}: deleting the staged copy {staged}",
+            RetryPolicy(budget_seconds=budget),
+        )
+    except Exception as error:
+        log.warning("%s: could not delete its staged copy %s: %s", key, staged, root_cause(error))
+
+
+def _planned(
+    file_id: int, info: ObjectInfo, plan: ChunkPlan, data: ObjectInfo | None = None
+) -> PlannedFile:
     return PlannedFile(
         file_id,
         info,
@@ -171,6 +298,7 @@ def _planned(file_id: int, info: ObjectInfo, plan: ChunkPlan) -> PlannedFile:
         plan.chunks,
         plan.record_count,
         quote_bounds=plan.quote_bounds,
+        data=data,
     )
 
 
@@ -224,7 +352,8 @@ def ingest_chunk(
     progress: Callable[[str], None] | None = None,
 ) -> ChunkReport:
     """Read one planned range (pinned to the planned ETag), validate it and store the result;
-    `progress` hears a line as each phase (read, validate, write) ends.
+    `progress` hears a line as each phase (read, validate, write) ends. A compressed
+    object's range is read from its staged decompressed copy (`chunk_source`).
 
     Raises `ObjectChangedError` if the object was overwritten since planning and
     `ChunkError` for anything else, after recording the failure on the chunk row.
@@ -251,9 +380,7 @@ def _ingest_chunk(
     where = f"{key}: chunk {chunk.index} at byte {chunk.start}"
     try:
         mapping: HeaderMapping = map_header(planned.header)
-        data = retrying(
-            lambda: bucket.read_range(planned.info, chunk.start, chunk.end), f"{where}: read"
-        )
+        data = retrying(lambda: _read_chunk(bucket, planned, chunk), f"{where}: read")
         if len(data) != chunk.size:
             raise ChunkError(
                 key, chunk.index, chunk.start, f"read {len(data)} bytes, planned {chunk.size}"
@@ -292,6 +419,18 @@ def _ingest_chunk(
         reasons=dict(outcome.reasons),
         seconds=seconds,
     )
+
+
+def _read_chunk(bucket: Bucket, planned: PlannedFile, chunk: ByteRange) -> bytes:
+    source = chunk_source(planned)
+    if source is planned.info:
+        return bucket.read_range(source, chunk.start, chunk.end)
+    try:
+        return bucket.read_range(source, chunk.start, chunk.end)
+    except ObjectChangedError as error:
+        raise StagedCopyError(planned.info.key, source.key, error.detail) from None
+    except FileNotFoundError:  # a local bucket's copy was deleted
+        raise StagedCopyError(planned.info.key, source.key, "the copy was deleted") from None
 
 
 def _since(started: float) -> str:
@@ -358,6 +497,10 @@ def finalize(
                 planned.info.key,
                 retrying(lambda: _incomplete_chunks(engine, planned), what),
             )
+    if bucket is not None and (copy := getattr(planned, "data", None)) is not None:
+        # The file is done: its staged copy goes (while the lease is held, so it is never
+        # a new run's fresh copy of the same version).
+        discard_staged_copy(bucket, planned.info.key, copy.key)
     holders = [run_id for run_id in run_ids if run_id]
     if holders:
         retrying(

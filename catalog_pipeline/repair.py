@@ -7,7 +7,9 @@ ingest (another ETag in the bucket than on the newest completed, failed or rejec
 refused unless forced; with `--force` the current version is ingested and the old one
 superseded, as the sensor would. Every attempt, refused ones too, is a `repair_history`
 row saying who asked, what was found and what came of it. On an unchanged, completed
-file a repair changes nothing but that bookkeeping: the ingest is idempotent.
+file a repair changes nothing but that bookkeeping: the ingest is idempotent. A compressed
+object (`.csv.gz`, `.csv.zst`) is repaired like a plain one: its run plans it again, which
+stages a fresh decompressed copy (the one a failed ingest kept is replaced).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from sqlalchemy import Engine
 from catalog_pipeline.cli import EXIT_FILE_FAILED, EXIT_OK, EXIT_UNUSABLE, ingest_one
 from catalog_pipeline.core.bucket import BucketError, ObjectMissingError
 from catalog_pipeline.core.errors import root_cause
-from catalog_pipeline.core.naming import is_csv_key
+from catalog_pipeline.core.naming import hidden_file_reason, is_csv_key, is_hidden_key
 from catalog_pipeline.core.retry import retrying
 from catalog_pipeline.db.repair import (
     IngestedVersion,
@@ -94,9 +96,17 @@ def repair(session: IngestSession, object_key: str, force: bool = False) -> Repa
     )
     if not is_csv_key(object_key):
         raise attempt.refuse(
-            f"{object_key} is not a CSV object (the ingest reads only keys ending .csv)",
+            f"{object_key} is not a CSV object (the ingest reads only keys ending .csv, "
+            ".csv.gz or .csv.zst)",
             f"cannot repair {object_key}: it is not a CSV object, and the ingest reads only "
-            "keys ending .csv",
+            "keys ending .csv, .csv.gz or .csv.zst",
+        )
+    if is_hidden_key(object_key):  # e.g. a compressed object's staged copy
+        reason = hidden_file_reason(object_key)
+        raise attempt.refuse(
+            f"{object_key} is not ingested: {reason}",
+            f"cannot repair {object_key}: it is not ingested ({reason}); repair the object "
+            "it belongs to",
         )
     try:
         info = retrying(lambda: session.bucket.head(object_key), f"{object_key}: HEAD")

@@ -18,6 +18,8 @@ from catalog_pipeline.core.samples import sample_csv
 from tests.helpers import dump
 
 SUMMARY_KEYS = {
+    "delisted_items",
+    "delisting_held",
     "object_key",
     "status",
     "rows_total",

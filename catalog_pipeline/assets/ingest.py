@@ -278,6 +278,7 @@ def items_metadata(
         "invalid": summary.rows_invalid,
         "verified_row_count": summary.verified_row_count or 0,
         "bytes": planned.info.size,
+        **compressed_metadata(planned),
         "chunks": summary.chunks_total,
         "seconds": dg.MetadataValue.float(round(seconds, 3)),
         "rows_per_second": dg.MetadataValue.float(
@@ -294,6 +295,14 @@ def items_metadata(
     if chunks:
         metadata["chunk_results"] = chunk_table(chunks)
     return metadata
+
+
+def compressed_metadata(planned: ingest.PlannedFile) -> dict:
+    """A compressed object's decompressed size (`bytes` is the object's own)."""
+    data = ingest.chunk_source(planned)
+    if data is planned.info:
+        return {}
+    return {"decompressed_bytes": data.size, "staged_copy": data.key}
 
 
 def header_metadata(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -16,6 +17,8 @@ from catalog_pipeline.core.naming import hidden_file_reason, is_hidden_key
 
 DEFAULT_BUCKET_URL = "file://./data/bucket"
 BLOCK_BYTES = 8 * 1024 * 1024
+UPLOAD_PART_BYTES = 8 * 1024 * 1024
+UPLOAD_CONCURRENCY = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +71,14 @@ class Bucket(Protocol):
 
     def put(self, key: str, data: bytes) -> ObjectInfo: ...
 
+    def put_file(self, key: str, path: Path) -> ObjectInfo:
+        """Write the local file `path` as object `key` (atomically, in bounded memory)."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Delete object `key`; nothing happens when there is none."""
+        ...
+
 
 def open_bucket(url: str, endpoint_url: str | None = None, **s3_options) -> Bucket:
     """`file://PATH` (relative paths are from the working directory) or `s3://BUCKET/PREFIX`."""
@@ -86,7 +97,8 @@ class LocalBucket:
 
     The ETag is size and modification time (like a web server's), so HEAD stays cheap on
     large files; a rewrite changes it. Files whose name starts with '.' are hidden: they
-    are editors' and the system's files, and `put`'s unfinished writes (`.<name>.tmp`).
+    are editors' and the system's files, `put`'s unfinished writes (`.<name>.tmp`) and
+    the staged decompressed copies of compressed objects (`.<name>.<etag>.staged.csv`).
     """
 
     def __init__(self, root: Path) -> None:
@@ -179,6 +191,21 @@ class LocalBucket:
         temporary.replace(path)  # readers never see a half-written object
         return self.head(key)
 
+    def put_file(self, key: str, path: Path) -> ObjectInfo:
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary = target.with_name(f".{target.name}.tmp")
+        try:
+            shutil.copyfile(path, temporary)
+            temporary.replace(target)  # readers never see a half-written object
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
+        return self.head(key)
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
 
 class S3Bucket:
     """S3 or Cloudflare R2 (set `endpoint_url`). Reads use `IfMatch` on the planned ETag."""
@@ -220,7 +247,9 @@ class S3Bucket:
             raise missing from None
 
     def hidden_reason(self, key: str) -> str | None:
-        return None  # writes are atomic: no partial objects to hide, and no hidden files
+        # Writes are atomic: no partial objects to hide. Keys whose file name starts with
+        # '.' are hidden as in a local folder (the staged copies of compressed objects).
+        return hidden_file_reason(key) if is_hidden_key(key) else None
 
     def list_objects(
         self, start_after: str | None = None, *, include_hidden: bool = False
@@ -234,6 +263,8 @@ class S3Bucket:
         try:
             for page in paginator.paginate(**arguments):
                 for entry in page.get("Contents", []):
+                    if not include_hidden and is_hidden_key(entry["Key"]):
+                        continue
                     yield self._info(
                         entry["Key"], entry["ETag"], entry["Size"], entry["LastModified"]
                     )
@@ -287,3 +318,27 @@ class S3Bucket:
     def put(self, key: str, data: bytes) -> ObjectInfo:
         self.client.put_object(Bucket=self.bucket, Key=key, Body=data)
         return self.head(key)
+
+    def put_file(self, key: str, path: Path) -> ObjectInfo:
+        """A multipart upload (boto3's transfer manager) of 8 MiB parts, at most four in
+        flight: memory stays a few parts whatever the file's size."""
+        from boto3.exceptions import S3UploadFailedError
+        from boto3.s3.transfer import TransferConfig
+
+        config = TransferConfig(
+            multipart_threshold=UPLOAD_PART_BYTES,
+            multipart_chunksize=UPLOAD_PART_BYTES,
+            max_concurrency=UPLOAD_CONCURRENCY,
+        )
+        try:
+            self.client.upload_file(str(path), self.bucket, key, Config=config)
+        except S3UploadFailedError as error:
+            # boto3 wraps the S3 answer without chaining it: chain it, so that a 503 or a
+            # SlowDown is retried like any other transient S3 error (core.errors).
+            if error.__context__ is not None:
+                raise error from error.__context__
+            raise
+        return self.head(key)
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=key)  # S3: 204 for no such key

@@ -98,6 +98,32 @@ class HeaderError(PermanentError):
     """The object cannot be planned: empty, or its header is unreadable."""
 
 
+class DecompressionError(HeaderError):
+    """A compressed object (`.csv.gz`, `.csv.zst`) whose stream is corrupt or cut short:
+    it cannot be planned, so the file is rejected whole with this reason. Names the object,
+    the compression, the compressed byte offset where the stream broke (when known; `near`
+    when the decompressor only says which slice of input it was reading) and the cause."""
+
+    def __init__(
+        self,
+        object_key: str,
+        compression: str,
+        offset: int | None,
+        reason: str,
+        exact: bool = True,
+    ) -> None:
+        where = "" if offset is None else f" {'at' if exact else 'near'} compressed byte {offset:,}"
+        super().__init__(f"{object_key}: the {compression} stream is broken{where}: {reason}")
+        self.object_key = object_key
+        self.compression = compression
+        self.offset = offset
+        self.reason = reason
+        self.exact = exact
+
+    def __reduce__(self):
+        return type(self), (self.object_key, self.compression, self.offset, self.reason, self.exact)
+
+
 class ObjectChangedError(PermanentError):
     """The object was overwritten after it was planned (its ETag no longer matches)."""
 
@@ -113,6 +139,24 @@ class ObjectChangedError(PermanentError):
 
     def __reduce__(self):  # crosses process boundaries (chunk workers) intact
         return type(self), (self.object_key, self.planned_etag, self.detail)
+
+
+class StagedCopyError(PermanentError):
+    """The staged decompressed copy of a compressed object, whose byte ranges the chunk
+    steps read, is gone or was rewritten since the plan: a new plan stages it anew."""
+
+    def __init__(self, object_key: str, staged_key: str, detail: str) -> None:
+        super().__init__(
+            f"{object_key}: its staged decompressed copy {staged_key} is gone or changed "
+            f"since it was planned ({detail}); materialize the partition again: its plan "
+            "step stages a new copy"
+        )
+        self.object_key = object_key
+        self.staged_key = staged_key
+        self.detail = detail
+
+    def __reduce__(self):
+        return type(self), (self.object_key, self.staged_key, self.detail)
 
 
 class ChunkError(CatalogError):

@@ -1,4 +1,6 @@
-"""Object-key naming: source and scrape time from a key, and Dagster-safe partition keys."""
+"""Object-key naming: which keys are CSVs (plain, gzip or zstd), source and scrape time
+from a key, the hidden key of a compressed object's staged copy, and Dagster-safe
+partition keys."""
 
 from __future__ import annotations
 
@@ -7,9 +9,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import unquote
 
+# A CSV object's name ends in one of these (any case); the compressed ones are read
+# through `core.compression`.
+CSV_SUFFIXES = {".csv": None, ".csv.gz": "gzip", ".csv.zst": "zstd"}
+_CSV_SUFFIX = re.compile(r"\.csv(\.gz|\.zst)?$", re.IGNORECASE)
 _TIMESTAMPED = re.compile(
-    r"^(?P<source>.+)_(?P<ts>\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2})\.csv$", re.IGNORECASE
+    r"^(?P<source>.+)_(?P<ts>\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2})\.csv(\.gz|\.zst)?$",
+    re.IGNORECASE,
 )
+# The decompressed copy of a compressed object, staged in the bucket for its chunk steps
+# (see `staged_key`): hidden, so no listing offers it as an object to ingest.
+STAGED_SUFFIX = ".staged.csv"
 # Characters Dagster handles badly in partition keys, plus '%' so encoding stays reversible.
 _UNSAFE_CHARS = frozenset(",|[]%")
 _DOT_RUN = re.compile(r"\.{3,}")
@@ -27,8 +37,25 @@ HIDDEN_REASON = "hidden file (name starts with '.')"
 
 
 def is_csv_key(key: str) -> bool:
-    """True for keys that name a CSV object (folders and other files are ignored)."""
-    return key.lower().endswith(".csv") and not key.endswith("/")
+    """True for keys that name a CSV object, plain or compressed: ending `.csv`, `.csv.gz`
+    or `.csv.zst` in any case (folders and other files are ignored)."""
+    return _CSV_SUFFIX.search(key) is not None and not key.endswith("/")
+
+
+def compression_of(key: str) -> str | None:
+    """How a CSV key's object is compressed: None (`.csv`), "gzip" (`.csv.gz`) or "zstd"
+    (`.csv.zst`); None too for a key that is not a CSV."""
+    match = _CSV_SUFFIX.search(key)
+    return CSV_SUFFIXES[match.group(0).lower()] if match else None
+
+
+def staged_key(key: str, etag: str) -> str:
+    """The hidden key of the decompressed copy of version `etag` of compressed object
+    `key`, next to it: `[prefix/].<name>.<etag>.staged.csv`. One per object version, so
+    a re-plan of the version overwrites its own copy and never another version's."""
+    folder, _, name = key.rpartition("/")
+    safe_etag = re.sub(r"[^A-Za-z0-9_-]", "_", etag)
+    return f"{folder + '/' if folder else ''}.{name}.{safe_etag}{STAGED_SUFFIX}"
 
 
 def is_hidden_key(key: str) -> bool:
@@ -38,6 +65,11 @@ def is_hidden_key(key: str) -> bool:
 
 
 def hidden_file_reason(key: str) -> str:
+    if key.endswith(STAGED_SUFFIX):
+        return (
+            f"{HIDDEN_REASON}: the decompressed copy of a compressed object, staged for its "
+            "ingest (deleted when the ingest completes)"
+        )
     if key.endswith(".tmp"):
         return f"{HIDDEN_REASON}: an unfinished write or another program's temporary file"
     return HIDDEN_REASON
@@ -54,16 +86,19 @@ def skip_reason(key: str, *, hidden: str | None = None) -> str | None:
         return hidden
     if key.endswith("/"):
         return "not a CSV: a folder marker (the key ends in '/')"
+    if is_hidden_key(key):  # whatever the bucket says: staged copies above all
+        return hidden_file_reason(key)
     if not is_csv_key(key):
-        return "not a CSV: the name does not end in '.csv'"
+        return "not a CSV: the name does not end in '.csv', '.csv.gz' or '.csv.zst'"
     return None
 
 
 def parse_object_key(key: str, last_modified: datetime) -> ObjectName:
-    """Read the source and scrape time from `[prefix/]<source>_<YYYY-MM-DDTHH-MM-SS>.csv`.
+    """Read the source and scrape time from `[prefix/]<source>_<YYYY-MM-DDTHH-MM-SS>.csv`
+    (or `.csv.gz`, `.csv.zst`).
 
-    Keys that do not follow the convention use the file stem as source and the object's
-    last-modified time as `observed_at`.
+    Keys that do not follow the convention use the file stem (the name without its CSV
+    suffix) as source and the object's last-modified time as `observed_at`.
     """
     base = key.rsplit("/", 1)[-1]
     match = _TIMESTAMPED.match(base)
@@ -73,7 +108,7 @@ def parse_object_key(key: str, last_modified: datetime) -> ObjectName:
             return ObjectName(source=match["source"], observed_at=observed)
         except ValueError:
             pass  # e.g. month 13: not a timestamp after all
-    stem = base[:-4] if base.lower().endswith(".csv") else base
+    stem = _CSV_SUFFIX.sub("", base)
     return ObjectName(source=stem or base, observed_at=_as_utc(last_modified))
 
 
