@@ -708,9 +708,18 @@ def _scratch_instance() -> dg.DagsterInstance:
 
     import dagster as dg
 
+    from catalog_pipeline.observability import json_logs_enabled
+
     folder = tempfile.mkdtemp(prefix="catalog-pipeline-instance-")
     atexit.register(shutil.rmtree, folder, True)
-    return dg.DagsterInstance.local_temp(folder, overrides={"telemetry": {"enabled": False}})
+    # Each forked step process logs "Executing step … in subprocess" through Dagster's
+    # default console logger, whose level is the instance's `python_log_level` (DEBUG
+    # unset): a line per chunk on the user's terminal. Kept for JSON logs (machines read
+    # them), silenced otherwise.
+    overrides: dict = {"telemetry": {"enabled": False}}
+    if not json_logs_enabled():
+        overrides["python_logs"] = {"python_log_level": "CRITICAL"}
+    return dg.DagsterInstance.local_temp(folder, overrides=overrides)
 
 
 def _run_instance(session: IngestSession, info: ObjectInfo) -> dg.DagsterInstance | None:

@@ -218,6 +218,19 @@ def test_a_large_file_forks_its_chunk_steps_without_dagster_home(tmp_path, reque
     forked_step = 'Executing step "catalog_ingest.process_chunk[chunk_00004]" in subprocess'
     assert forked_step in forked.stderr
     assert "in subprocess" not in in_process.stderr
+    # Without JSON logs, the forked steps' Dagster lines stay off the user's terminal.
+    quiet = cli(
+        "ingest",
+        *target,
+        "--database-url",
+        f"sqlite:///{tmp_path / 'quiet.sqlite'}",
+        "--chunk-bytes",
+        "64KiB",
+        cwd=tmp_path,
+        env={**environment, "CATALOG_LOG_FORMAT": ""},
+    )
+    assert json_output(quiet)["files"] == [forked_file]
+    assert quiet.stderr == "", quiet.stderr[-3000:]
     # The run went to a scratch instance (its chunk steps were forked from it), which is
     # gone once the command exits; the small default-chunk run made none.
     assert not [p for p in scratch.iterdir() if p.name.startswith("catalog-pipeline-instance-")]
