@@ -21,5 +21,5 @@ lint:
 format:
 	ruff format . && ruff check --fix .
 
-bench:              ## every method on a 1,000,000-row file (about 1.3 GB in a temp folder)
+bench:              ## every method on a 1,000,000-row file and its re-run (2 × 1.3 GB in a temp folder)
 	$(PYTHON) -m benchmarks.ingest --rows 1000000

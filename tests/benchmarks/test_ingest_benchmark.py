@@ -49,6 +49,14 @@ def test_every_method_ingests_the_same_rows_and_the_report_has_the_ratios(
     assert report["core"]["rows"] == report["core"]["verified_row_count"] == ROWS
     for method in ("naive_pandas", "core_1_worker", "dagster", "dagster_1_worker", "sqlite"):
         assert report[method]["valid"] == valid, method
+    # The re-run: the next scrape of the same source (the same valid rows, 5 % repriced).
+    assert report["core_rerun"]["rows"] == ROWS
+    assert report["core_rerun"]["valid"] == valid
+    # dlt reads every record, keeps one row per SKU and validates nothing.
+    for method in ("dlt", "dlt_rerun"):
+        assert report[method]["rows"] == ROWS, method
+        assert 0.9 * ROWS < report[method]["loaded"] < ROWS, method  # duplicates merged
+        assert report[method]["load_path"].startswith("parquet, adbc_ingest"), method
     assert report["core"]["workers"] == report["dagster"]["workers"] == 2 or report["cores"] == 1
     assert report["core_1_worker"]["workers"] == 1
     assert report["dagster_1_worker"]["workers"] == 1
@@ -56,6 +64,10 @@ def test_every_method_ingests_the_same_rows_and_the_report_has_the_ratios(
     assert report["sensor"]["requested"] == 250
     assert report["planning_mb_per_s"] > 0
     assert set(report["ratios"]) == {
+        "dagster/core",
+        "core/dlt",
+        "core/dlt_rerun",
+        "dagster/dlt",
         "core/raw_copy",
         "dagster/raw_copy",
         "core/naive_pandas",
