@@ -88,3 +88,50 @@ def hold_ingest_lease(engine: Engine, object_key: str) -> None:
                 expires_at=utcnow() + timedelta(hours=1),
             )
         )
+
+
+def lose_chunk(engine: Engine, chunk_index: int, reason: str = "worker killed") -> int:
+    """Leave what a run killed while writing `chunk_index` of the only file leaves: the
+    chunk's items, provenance and invalid rows not written, the chunk and the file
+    `failed`. Returns the file's id."""
+    with engine.begin() as connection:
+        file_id, start, end = connection.execute(
+            text(
+                "SELECT source_file_id, byte_start, byte_end FROM source_chunks "
+                "WHERE chunk_index = :index"
+            ),
+            {"index": chunk_index},
+        ).one()
+        span = {"file": file_id, "start": start, "end": end}
+        items = (
+            "SELECT id FROM catalog_items WHERE source_file_id = :file "
+            "AND source_offset >= :start AND source_offset < :end"
+        )
+        connection.execute(
+            text(f"DELETE FROM catalog_item_sources WHERE item_id IN ({items})"), span
+        )
+        assert connection.execute(
+            text(f"DELETE FROM catalog_items WHERE id IN ({items})"), span
+        ).rowcount
+        connection.execute(
+            text(
+                "DELETE FROM invalid_item_logs WHERE source_file_id = :file "
+                "AND byte_offset >= :start AND byte_offset < :end"
+            ),
+            span,
+        )
+        connection.execute(
+            text(
+                "UPDATE source_chunks SET status = 'failed', rows = NULL, valid = NULL, "
+                "invalid = NULL, error = :reason WHERE chunk_index = :index"
+            ),
+            {"reason": reason, "index": chunk_index},
+        )
+        connection.execute(
+            text(
+                "UPDATE source_files SET status = 'failed', error = :reason, "
+                "failed_chunks = :chunks"
+            ),
+            {"reason": reason, "chunks": f"[{chunk_index}]"},
+        )
+    return file_id

@@ -34,7 +34,7 @@ from catalog_pipeline.ingest import finalize, ingest_chunk, ingest_object, plan_
 from catalog_pipeline.resources.catalog import BucketResource, CatalogDatabase, IngestSettings
 from catalog_pipeline.sensors.objects import OBJECT_KEY_TAG, build_new_csv_objects_sensor
 from tests.dagster_jobs import FAULT_SETTING, execute_faulty_ingest, faulty_ingest_job
-from tests.helpers import content_dump, dump
+from tests.helpers import content_dump, dump, lose_chunk
 from tests.test_cli import cli, json_output
 from tests.test_repair import last_json
 from tests.test_repair import run as run_cli
@@ -498,34 +498,7 @@ def test_a_compressed_file_that_failed_mid_ingest_is_repaired(tmp_path, sqlite_e
     reference = content_dump(sqlite_engine)
     # What a run killed while writing chunk 1 leaves: chunk 1's rows missing, the file
     # and the chunk `failed` (its staged copy is long gone: a repair plans it again).
-    with sqlite_engine.begin() as connection:
-        file_id, start, end = connection.execute(
-            text(
-                "SELECT source_file_id, byte_start, byte_end FROM source_chunks WHERE chunk_index = 1"
-            )
-        ).one()
-        span = {"file": file_id, "start": start, "end": end}
-        items = (
-            "SELECT id FROM catalog_items WHERE source_file_id = :file "
-            "AND source_offset >= :start AND source_offset < :end"
-        )
-        connection.execute(
-            text(f"DELETE FROM catalog_item_sources WHERE item_id IN ({items})"), span
-        )
-        assert connection.execute(
-            text(f"DELETE FROM catalog_items WHERE id IN ({items})"), span
-        ).rowcount
-        connection.execute(
-            text(
-                "DELETE FROM invalid_item_logs WHERE source_file_id = :file "
-                "AND byte_offset >= :start AND byte_offset < :end"
-            ),
-            span,
-        )
-        connection.execute(
-            text("UPDATE source_chunks SET status = 'failed', rows = NULL WHERE chunk_index = 1")
-        )
-        connection.execute(text("UPDATE source_files SET status = 'failed', error = 'killed'"))
+    file_id = lose_chunk(sqlite_engine, 1, "killed")
     assert content_dump(sqlite_engine) != reference
 
     repaired = run_cli("repair", bucket, url, key, "--json")

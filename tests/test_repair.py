@@ -13,7 +13,7 @@ from catalog_pipeline.core.bucket import LocalBucket
 from catalog_pipeline.core.samples import sample_csv
 from catalog_pipeline.db.repair import repairs_of
 from catalog_pipeline.db.tables import ingest_leases
-from tests.helpers import content_dump, dump, hold_ingest_lease
+from tests.helpers import content_dump, dump, hold_ingest_lease, lose_chunk
 from tests.test_cli import cli
 
 KEY = "shop_2026-11-01T06-00-00.csv"
@@ -169,43 +169,7 @@ def test_a_file_that_failed_mid_ingest_is_repaired_to_completed(tmp_path, sqlite
     reference = content_dump(sqlite_engine)
     # What a run killed while writing chunk 1 leaves: the chunk and the file `failed`, the
     # chunk's items, provenance and invalid rows not written.
-    with sqlite_engine.begin() as connection:
-        file_id, start, end = connection.execute(
-            text(
-                "SELECT source_file_id, byte_start, byte_end FROM source_chunks "
-                "WHERE chunk_index = 1"
-            )
-        ).one()
-        in_chunk = {"file": file_id, "start": start, "end": end}
-        items = (
-            "SELECT id FROM catalog_items WHERE source_file_id = :file "
-            "AND source_offset >= :start AND source_offset < :end"
-        )
-        connection.execute(
-            text(f"DELETE FROM catalog_item_sources WHERE item_id IN ({items})"), in_chunk
-        )
-        assert connection.execute(
-            text(f"DELETE FROM catalog_items WHERE id IN ({items})"), in_chunk
-        ).rowcount
-        connection.execute(
-            text(
-                "DELETE FROM invalid_item_logs WHERE source_file_id = :file "
-                "AND byte_offset >= :start AND byte_offset < :end"
-            ),
-            in_chunk,
-        )
-        connection.execute(
-            text(
-                "UPDATE source_chunks SET status = 'failed', rows = NULL, valid = NULL, "
-                "invalid = NULL, error = 'worker killed' WHERE chunk_index = 1"
-            )
-        )
-        connection.execute(
-            text(
-                "UPDATE source_files SET status = 'failed', error = 'worker killed', "
-                "failed_chunks = '[1]'"
-            )
-        )
+    file_id = lose_chunk(sqlite_engine, 1)
     assert content_dump(sqlite_engine) != reference
 
     repaired = run("repair", bucket, url, KEY, "--json")
