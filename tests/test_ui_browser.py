@@ -196,6 +196,29 @@ def select_partition(page, partition: str) -> None:
     expect(page).to_have_url(re.compile(r"[?&]partition="))
 
 
+def pick_partition(page, partition: str, attempts: int = 5) -> None:
+    """Pick a partition in the Materialize dialog's partition menu.
+
+    The menu is filtered down to that partition first. The dialog refreshes while it is
+    open, and on a loaded machine a click can meet the menu item detached mid re-render:
+    only a click that did not happen is retried (picking again would unpick), and a click
+    that happened must show the partition as a tag in the selector.
+    """
+    from playwright.sync_api import Error, expect
+
+    page.get_by_placeholder("Filter partitions").fill(partition)
+    item = page.get_by_role("menuitem", name=partition).first
+    picked = page.locator(f'[data-tooltip="{partition}"]:has([aria-label="close"])')
+    for attempt in range(attempts):
+        try:
+            item.click(timeout=UI_TIMEOUT_MS // 2)
+            break
+        except Error:
+            if attempt == attempts - 1:
+                raise
+    expect(picked).to_be_visible()
+
+
 def screenshot(page, name: str) -> None:
     IMAGES.mkdir(parents=True, exist_ok=True)
     page.mouse.move(VIEWPORT["width"] - 10, VIEWPORT["height"] - 10)  # no hover tooltips
@@ -330,7 +353,7 @@ def test_backfill_of_two_partitions_launched_by_clicking(page, demo: Demo):
         confirm.click()
     dialog.get_by_text("Select a partition or create one").click()
     for key in chosen:
-        page.get_by_role("menuitem", name=key).first.click()
+        pick_partition(page, key)
     page.keyboard.press("Escape")
     expect(dialog.get_by_text(f"{len(chosen)} partitions", exact=True)).to_be_visible()
     launch.click()
