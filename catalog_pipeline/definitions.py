@@ -14,6 +14,10 @@ from catalog_pipeline.jobs import INGEST_JOB, catalog_ingest_job
 from catalog_pipeline.observability import loggers_from_environment
 from catalog_pipeline.resources.catalog import default_resources
 from catalog_pipeline.resources.provider import default_stats_provider
+from catalog_pipeline.schedules.partitions import (
+    partition_retention_job,
+    partition_retention_schedule,
+)
 from catalog_pipeline.schedules.playcount import (
     backfill_reclaim_job,
     backfill_reclaim_schedule,
@@ -49,6 +53,7 @@ def build_definitions(resources: dict | None = None) -> dg.Definitions:
         jobs=[
             catalog_ingest_job,
             invalid_log_retention_job,
+            partition_retention_job,
             catalog_quality_job,
             reclassify_catalog_job,
             backfill_reclaim_job,
@@ -56,6 +61,7 @@ def build_definitions(resources: dict | None = None) -> dg.Definitions:
         ],
         schedules=[
             invalid_log_retention_schedule,
+            partition_retention_schedule,
             catalog_quality_schedule,
             backfill_reclaim_schedule,
             playcount_maintenance_schedule,

@@ -140,20 +140,44 @@ class LocalBucket:
     ) -> Iterator[ObjectInfo]:
         """Objects in key order. A folder that does not exist lists nothing: the sensor of
         a fresh `dagster dev` watches one that nothing has written yet (`check` is for
-        a user who named the folder)."""
-        if not self.root.is_dir():
-            return
-        files = (path for path in self.root.rglob("*") if path.is_file())
-        keys = sorted(
-            key
-            for key in (path.relative_to(self.root).as_posix() for path in files)
-            if include_hidden or self.hidden_reason(key) is None
-        )
-        for key in keys:
+        a user who named the folder).
+
+        The folder is walked in key order rather than walked whole and sorted: each
+        folder's entries sort as their keys do (a subfolder as `name/`, so `a.csv` <
+        `a/…` < `a0.csv`), and a subfolder whose keys all sort before `start_after` is
+        never opened, so a sensor page of a million-file folder reads only what it lists.
+        Symbolic links to folders are not followed; a link to a file is listed when it
+        stays inside the bucket folder."""
+        if self.root.is_dir():
+            yield from self._walk(str(self.root), "", start_after, include_hidden)
+
+    def _walk(
+        self, folder: str, prefix: str, start_after: str | None, include_hidden: bool
+    ) -> Iterator[ObjectInfo]:
+        try:
+            with os.scandir(folder) as scan:
+                entries = sorted(
+                    (entry.name + "/" if entry.is_dir(follow_symlinks=False) else entry.name, entry)
+                    for entry in scan
+                )
+        except (FileNotFoundError, NotADirectoryError):
+            return  # removed while listing
+        for name, entry in entries:
+            key = prefix + name
+            if name.endswith("/"):
+                if start_after is None or key >= start_after or start_after.startswith(key):
+                    yield from self._walk(entry.path, key, start_after, include_hidden)
+                continue  # else every key below it sorts before the cursor
             if start_after is not None and key <= start_after:
                 continue
+            if not include_hidden:
+                hidden = self.hidden_reason(key) if entry.is_symlink() else is_hidden_key(key)
+                if hidden:
+                    continue
             try:
-                yield self._info(key, (self.root / key).stat())
+                if not entry.is_file():
+                    continue  # a symbolic link to a folder, a socket, a dangling link
+                yield self._info(key, entry.stat())
             except FileNotFoundError:
                 continue  # deleted while listing
 

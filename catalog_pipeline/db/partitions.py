@@ -1,0 +1,115 @@
+"""What the catalog knows about object versions, in batches: the sensor's comparison of a
+listed page against `source_files`, and the rule that retires a `source_csvs` partition.
+
+`source_files` is the permanent record of every object version; a Dagster partition is
+only the UI's handle on an object. A partition may go once its object's newest version
+is settled (`completed`, `superseded` or `rejected`) and has not changed for
+`CATALOG_PARTITION_RETENTION_DAYS` days; a `failed`, `planned` or `ingesting` file keeps
+it, whatever its age.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import Engine, func, select
+
+from catalog_pipeline import settings
+from catalog_pipeline.db.tables import source_files
+
+RETENTION_DAYS_SETTING = settings.PARTITION_RETENTION_DAYS
+DEFAULT_RETENTION_DAYS = 30
+SETTLED_STATUSES = ("completed", "superseded", "rejected")
+BATCH_SIZE = 500  # keys per `IN (…)`: well under every driver's bound-parameter limit
+
+
+@dataclass(frozen=True, slots=True)
+class VersionState:
+    """An object version's row in `source_files`: its status and when it last changed."""
+
+    status: str
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionRetention:
+    """Which settled versions no longer need a live partition: those last changed before
+    `cutoff`. `cutoff` None is retention turned off (nothing is ever retired)."""
+
+    cutoff: datetime | None
+
+    @classmethod
+    def from_days(cls, days: int, now: datetime) -> PartitionRetention:
+        return cls(None if days <= 0 else now - timedelta(days=days))
+
+    def retires(self, state: VersionState) -> bool:
+        return (
+            self.cutoff is not None
+            and state.status in SETTLED_STATUSES
+            and state.updated_at < self.cutoff
+        )
+
+
+def retention_days() -> int:
+    """`CATALOG_PARTITION_RETENTION_DAYS` (default 30; 0 turns partition retention off)."""
+    value = os.environ.get(RETENTION_DAYS_SETTING)
+    if not value:
+        return DEFAULT_RETENTION_DAYS
+    try:
+        days = int(value)
+    except ValueError:
+        raise ValueError(
+            f"{RETENTION_DAYS_SETTING}={value!r}: give a whole number of days (0 turns it off)"
+        ) from None
+    if days < 0:
+        raise ValueError(f"{RETENTION_DAYS_SETTING}={value!r}: days cannot be negative")
+    return days
+
+
+def _batches(keys: Sequence[str], size: int = BATCH_SIZE):
+    unique = list(dict.fromkeys(keys))
+    for start in range(0, len(unique), size):
+        yield unique[start : start + size]
+
+
+def version_states(
+    engine: Engine, object_keys: Sequence[str]
+) -> dict[tuple[str, str], VersionState]:
+    """Every recorded version of `object_keys`: (object_key, etag) → its state. One query
+    per 500 keys (the unique (object_key, etag) index answers it)."""
+    found: dict[tuple[str, str], VersionState] = {}
+    columns = (
+        source_files.c.object_key,
+        source_files.c.etag,
+        source_files.c.status,
+        source_files.c.updated_at,
+    )
+    with engine.connect() as connection:
+        for batch in _batches(object_keys):
+            for row in connection.execute(
+                select(*columns).where(source_files.c.object_key.in_(batch))
+            ):
+                found[(row.object_key, row.etag)] = VersionState(row.status, row.updated_at)
+    return found
+
+
+def newest_versions(engine: Engine, object_keys: Sequence[str]) -> dict[str, VersionState]:
+    """The newest recorded version (highest id) of each of `object_keys` that has one."""
+    found: dict[str, VersionState] = {}
+    with engine.connect() as connection:
+        for batch in _batches(object_keys):
+            newest = (
+                select(func.max(source_files.c.id))
+                .where(source_files.c.object_key.in_(batch))
+                .group_by(source_files.c.object_key)
+            )
+            for row in connection.execute(
+                select(
+                    source_files.c.object_key, source_files.c.status, source_files.c.updated_at
+                ).where(source_files.c.id.in_(newest))
+            ):
+                found[row.object_key] = VersionState(row.status, row.updated_at)
+    return found
