@@ -10,6 +10,9 @@ Measured in the same run, on the same generated file and the same PostgreSQL:
 - `dagster`: the real `catalog_ingest_job` materialization of the partition, with the
   executor the sensor would pick (a concurrent step per core, plus one), and again with
   one step at a time;
+- `dagster_celery`: the same materialization with `CATALOG_EXECUTOR=celery`, its steps on
+  one `catalog-pipeline worker` of one step at a time per core, with a local Redis as
+  broker (workers started and ready before the clock starts; needs `redis-server`);
 - `dlt`: the peer a data engineer would pick instead, in its fastest idiomatic form: a
   `merge` resource on `sku` yielding the record batches of `pyarrow.csv.open_csv`, loaded
   as parquet through ADBC (`adbc_ingest` into dlt's staging table, then its delete-insert
@@ -24,7 +27,7 @@ the page cache.
 
 The machine's speed drifts by a third and more within minutes (these are shared virtual
 machines), so `raw_copy` is measured three times, around the two methods compared with
-it: raw_copy, core, dlt, raw_copy, dagster, raw_copy, then the re-runs (core_rerun, then
+it: raw_copy, core, dlt, raw_copy, dagster, dagster_celery, raw_copy, then the re-runs (core_rerun, then
 dlt_rerun) and the rest. `core/raw_copy` divides by the mean of the two measurements
 either side of `core`, `dagster/raw_copy` by those either side of `dagster`; the report
 lists all three. `dlt` runs right after `core`, `dlt_rerun` right after `core_rerun`.
@@ -44,6 +47,7 @@ import csv
 import json
 import os
 import random
+import re
 import resource
 import shutil
 import subprocess
@@ -69,6 +73,7 @@ METHODS = (
     "core_rerun",
     "dagster",
     "dagster_1_worker",
+    "dagster_celery",
     "dlt",
     "dlt_rerun",
     "sqlite",
@@ -81,6 +86,7 @@ SCHEDULE = (
     "dlt",
     "raw_copy",
     "dagster",
+    "dagster_celery",
     "raw_copy",
     "core_rerun",
     "dlt_rerun",
@@ -419,7 +425,9 @@ def ingest_job():
     return defs.resolve_job_def(INGEST_JOB)
 
 
-def dagster(path: Path, url: str, chunk_bytes: int, workers: int) -> dict:
+def dagster(
+    path: Path, url: str, chunk_bytes: int, workers: int, execution: dict | None = None
+) -> dict:
     os.environ.update(
         {
             "CATALOG_BUCKET_URL": f"file://{path.parent}",
@@ -447,7 +455,12 @@ def dagster(path: Path, url: str, chunk_bytes: int, workers: int) -> dict:
                 run_config={
                     # What catalog_executor decides on a machine with `workers` cores
                     # (one concurrent step per core plus one); one worker, one step.
-                    **_execution_for(path.stat().st_size, chunk_bytes, workers),
+                    # (`dagster_celery` leaves it to CATALOG_EXECUTOR.)
+                    **(
+                        _execution_for(path.stat().st_size, chunk_bytes, workers)
+                        if execution is None
+                        else execution
+                    ),
                     "loggers": {"console": {"config": {"log_level": "WARNING"}}},
                 },
                 tags={"dagster/partition": partition},
@@ -465,6 +478,84 @@ def dagster(path: Path, url: str, chunk_bytes: int, workers: int) -> dict:
         # Steps run in worker processes (in-process for small files: this one).
         chunk_step_peak_rss_mb=steps_rss.peak_mb or _peak_rss_mb(),
     )
+
+
+def dagster_celery(path: Path, url: str, chunk_bytes: int, workers: int) -> dict:
+    """`dagster` on Celery (`CATALOG_EXECUTOR=celery`): a Redis server and `workers`
+    `catalog-pipeline worker` processes of one step at a time, started (and ready) before
+    the clock starts, as they are in production."""
+    environment = {
+        "CATALOG_BUCKET_URL": f"file://{path.parent}",
+        "CATALOG_DATABASE_URL": url,
+        "CATALOG_CHUNK_BYTES": str(chunk_bytes),
+        "CATALOG_EXECUTOR": "celery",
+    }
+    with tempfile.TemporaryDirectory(prefix="bench-celery-") as scratch:
+        redis, broker = _start_redis(Path(scratch))
+        environment["CATALOG_CELERY_BROKER_URL"] = broker
+        os.environ.update(environment)
+        started = [_start_worker(f"bench{n}", Path(scratch), environment) for n in range(workers)]
+        try:
+            for process, log in started:
+                _wait_ready(process, log)
+            result = dagster(path, url, chunk_bytes, workers, execution={})
+        finally:
+            for process, _ in started:
+                process.terminate()
+            for process, _ in started:
+                process.wait(timeout=60)
+            redis.kill()
+            redis.wait(timeout=10)
+        chunk_steps = [
+            len(re.findall(r"running step \S+process_chunk", log.read_text())) for _, log in started
+        ]
+    return {**result, "chunk_steps_per_worker": chunk_steps}
+
+
+def _start_redis(folder: Path) -> tuple[subprocess.Popen, str]:
+    import socket
+
+    server = shutil.which("redis-server")
+    if server is None:
+        raise RuntimeError("dagster_celery needs redis-server (apt-get install redis-server)")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        cwd=folder,
+        stdout=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return process, f"redis://127.0.0.1:{port}/0"
+        except OSError:
+            if time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError("redis-server did not start") from None
+            time.sleep(0.05)
+
+
+def _start_worker(name: str, folder: Path, environment: dict) -> tuple[subprocess.Popen, Path]:
+    log = folder / f"{name}.log"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "catalog_pipeline.cli", "worker", "--name", name,
+         "--concurrency", "1"],
+        env={**os.environ, **environment},
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    return process, log
+
+
+def _wait_ready(process: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + 120
+    while " ready." not in log.read_text(errors="replace"):
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"a Celery worker did not start:\n{log.read_text()[-3000:]}")
+        time.sleep(0.1)
 
 
 def _execution_for(size: int, chunk_bytes: int, workers: int) -> dict:
@@ -605,6 +696,10 @@ def _run_method(arguments: argparse.Namespace) -> dict:
         return dagster(path, arguments.database_url, arguments.chunk_bytes, arguments.workers)
     if method == "dagster_1_worker":
         return dagster(path, arguments.database_url, arguments.chunk_bytes, 1)
+    if method == "dagster_celery":
+        return dagster_celery(
+            path, arguments.database_url, arguments.chunk_bytes, arguments.workers
+        )
     if method == "planning":
         return planning(path, arguments.chunk_bytes)
     if method == "sensor":
@@ -642,6 +737,35 @@ def _mean_of(runs: list[dict]) -> dict:
     }
 
 
+def _rounds(arguments: argparse.Namespace, say) -> dict:
+    """`--only`: the methods in turn, `--repeat` rounds; each round's ratio of every method
+    to the first, so each ratio compares runs minutes apart at most."""
+    methods = arguments.only.split(",")
+    unknown = set(methods) - set(METHODS)
+    if unknown:
+        raise SystemExit(f"--only: unknown methods {sorted(unknown)}; known: {METHODS}")
+    runs: dict[str, list[dict]] = {method: [] for method in methods}
+    for round_number in range(1, arguments.repeat + 1):
+        for method in methods:
+            say(f"round {round_number}: {method} ...")
+            runs[method].append(_child(method, arguments))
+            say(f"  {json.dumps(runs[method][-1])}")
+    first = methods[0]
+    return {
+        "rows": arguments.rows,
+        "chunk_mb": round(arguments.chunk_bytes / 1e6, 1),
+        "cores": os.cpu_count(),
+        "runs": runs,
+        "ratios": {
+            f"{method}/{first}": [
+                _ratio(mine, reference)
+                for mine, reference in zip(runs[method], runs[first], strict=True)
+            ]
+            for method in methods[1:]
+        },
+    }
+
+
 def _ratio(numerator: dict, denominator: dict) -> float:
     return round(numerator["rows_per_s"] / denominator["rows_per_s"], 3)
 
@@ -669,6 +793,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sensor-objects", type=int, default=10_000)
     parser.add_argument("--workdir", default=None, help="keeps the generated file between runs")
     parser.add_argument("--json", action="store_true", help="print only the JSON result")
+    parser.add_argument(
+        "--only",
+        help="comma-separated methods to run alone, interleaved, instead of the whole "
+        "schedule; the report has each one's runs and its ratio to the first per round "
+        "(e.g. --only dagster,dagster_celery --repeat 3)",
+    )
+    parser.add_argument("--repeat", type=int, default=1, help="rounds of --only")
     parser.add_argument("--method", help=argparse.SUPPRESS)
     parser.add_argument("--file", help=argparse.SUPPRESS)
     parser.add_argument("--next-file", help=argparse.SUPPRESS)
@@ -701,6 +832,9 @@ def main(argv: list[str] | None = None) -> int:
     if not arguments.database_url:
         arguments.database_url, started_postgres = _start_postgres()
     try:
+        if arguments.only:
+            print(json.dumps(_rounds(arguments, say), indent=None if arguments.json else 2))
+            return 0
         results: dict = {}
         references: list[dict] = []
         for method in SCHEDULE:
@@ -734,6 +868,7 @@ def main(argv: list[str] | None = None) -> int:
             "dagster/raw_copy": _ratio(results["dagster"], _mean_of(references[1:3])),
             "core/core_1_worker": _ratio(results["core"], results["core_1_worker"]),
             "dagster/dagster_1_worker": _ratio(results["dagster"], results["dagster_1_worker"]),
+            "dagster_celery/dagster": _ratio(results["dagster_celery"], results["dagster"]),
         },
         # Issue 27's (they replace issue 7's `dagster/raw_copy` 0.5).
         "targets": {

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from catalog_pipeline import settings
 from catalog_pipeline.core.chunking import MAX_CHUNK_BYTES, MIN_CHUNK_BYTES
 from catalog_pipeline.progress import Progress, progress_wanted, shorten
+from catalog_pipeline.workers import QUEUES, executor_choice
 
 if TYPE_CHECKING:
     import dagster as dg
@@ -268,6 +269,33 @@ def _parser() -> argparse.ArgumentParser:
         '"price", "currency", "availability", "listed", "changes", "object_key", ...}]}',
     )
 
+    worker = commands.add_parser(
+        "worker",
+        help="start a Celery worker that executes run steps (CATALOG_EXECUTOR=celery)",
+        description="A Celery worker for catalog_executor's celery mode: it takes the steps "
+        "of runs from the broker in $CATALOG_CELERY_BROKER_URL (Redis) and executes them "
+        "with this machine's environment, which must name the same catalog database and "
+        "bucket as the runs' (and DAGSTER_HOME the same instance, on PostgreSQL across "
+        "machines). Start one per machine, or several; stop with Ctrl-C (a warm shutdown: "
+        "running steps finish).",
+    )
+    worker.add_argument(
+        "--name", help="the worker's name (default: catalog-PID), unique per machine"
+    )
+    worker.add_argument(
+        "--queue",
+        action="append",
+        choices=QUEUES,
+        help="a queue to take steps from, repeatable (default: all: ingest for the plan, "
+        "chunk and finalize steps, derived for classification, embeddings and playcounts, "
+        "dagster for the rest); a worker per queue keeps a slow provider from starving ingest",
+    )
+    worker.add_argument(
+        "--concurrency",
+        type=int,
+        help="steps at a time (default: one per core)",
+    )
+
     database = commands.add_parser("db", help="database maintenance")
     database_commands = database.add_subparsers(dest="db_command", required=True)
     upgrade = database_commands.add_parser("upgrade", help="apply migrations up to the newest")
@@ -278,6 +306,8 @@ def _parser() -> argparse.ArgumentParser:
 def _run(arguments: argparse.Namespace) -> int:
     if arguments.command == "db":
         return _upgrade()
+    if arguments.command == "worker":
+        return _start_worker(arguments)
     from catalog_pipeline.observability import configure_python_logging
 
     configure_python_logging()
@@ -322,6 +352,46 @@ def _run(arguments: argparse.Namespace) -> int:
         )
         return EXIT_FILE_FAILED
     return EXIT_OK
+
+
+def _start_worker(arguments: argparse.Namespace) -> int:
+    """Check the settings and the broker, then become `celery worker` (exec: signals such
+    as Ctrl-C and a supervisor's SIGTERM reach Celery itself)."""
+    from catalog_pipeline.workers import CelerySettings, CelerySettingsError, check_broker
+
+    if arguments.concurrency is not None and arguments.concurrency < 1:
+        raise UsageError(f"--concurrency {arguments.concurrency}: give 1 or more")
+    if arguments.name is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", arguments.name):
+        raise UsageError(f"--name {arguments.name!r}: use letters, digits, '.', '_' and '-'")
+    try:
+        celery = CelerySettings.from_environment()
+        check_broker(celery.broker_url)
+    except CelerySettingsError as error:
+        raise UsageError(str(error)) from None
+    queues = ",".join(dict.fromkeys(arguments.queue or QUEUES))
+    name = arguments.name or f"catalog-{os.getpid()}"
+    command = [
+        sys.executable, "-m", "celery", "-A", "catalog_pipeline.worker_app", "worker",
+        "--hostname", f"{name}@%h", "--queues", queues, "--loglevel", "INFO",
+        "--without-gossip", "--without-mingle",
+    ]  # fmt: skip
+    if arguments.concurrency is not None:
+        command += ["--concurrency", str(arguments.concurrency)]
+    print(f"catalog-pipeline: worker {name} on queues {queues}", file=sys.stderr, flush=True)
+    os.execv(sys.executable, command)
+    return EXIT_OK  # not reached
+
+
+def _check_executor() -> None:
+    """`CATALOG_EXECUTOR` and, for `celery`, its settings and broker: a usage error now
+    rather than every file failing on them."""
+    from catalog_pipeline.workers import CelerySettings, CelerySettingsError, check_broker
+
+    try:
+        if executor_choice() == "celery":
+            check_broker(CelerySettings.from_environment().broker_url)
+    except CelerySettingsError as error:
+        raise UsageError(str(error)) from None
 
 
 def _check_counts(arguments: argparse.Namespace) -> None:
@@ -671,6 +741,7 @@ def ingest_session() -> IngestSession:
     from catalog_pipeline.observability import json_logs_enabled
     from catalog_pipeline.resources.catalog import BucketResource, CatalogDatabase
 
+    _check_executor()
     definitions = build_definitions()
     job = definitions.resolve_job_def(INGEST_JOB)
     bucket = _bucket()
@@ -726,7 +797,9 @@ def _run_instance(session: IngestSession, info: ObjectInfo) -> dg.DagsterInstanc
     """The persistent instance the object's run goes to, or None to run it in process on
     the session's ephemeral one. `catalog_executor`'s own rule decides: a persistent
     instance (DAGSTER_HOME) always; without one, a scratch instance only for an object it
-    would fork chunk steps for (in process either way otherwise)."""
+    would fork chunk steps for, or for every object when the steps run on Celery workers
+    (which then must run on this machine: workers elsewhere need DAGSTER_HOME on
+    PostgreSQL), and in process otherwise."""
     from catalog_pipeline.assets.partitions import partition_key_for, source_csvs
     from catalog_pipeline.core.naming import compression_of
     from catalog_pipeline.executor import MULTIPROCESS, choose_execution
@@ -735,7 +808,9 @@ def _run_instance(session: IngestSession, info: ObjectInfo) -> dg.DagsterInstanc
         return session.instance
     chunk_bytes = int(settings.setting(settings.CHUNK_BYTES) or 0)
     compression = compression_of(info.key)
-    if choose_execution(info.size, chunk_bytes, compression=compression).mode != MULTIPROCESS:
+    on_workers = executor_choice() == "celery"  # every step on the workers: an instance they read
+    forks = choose_execution(info.size, chunk_bytes, compression=compression).mode == MULTIPROCESS
+    if not (on_workers or forks):
         return None
     scratch = _scratch_instance()
     scratch.add_dynamic_partitions(source_csvs.name, [partition_key_for(info.key)])

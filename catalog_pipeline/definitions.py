@@ -14,6 +14,7 @@ from catalog_pipeline.jobs import INGEST_JOB, catalog_ingest_job
 from catalog_pipeline.observability import loggers_from_environment
 from catalog_pipeline.resources.catalog import default_resources
 from catalog_pipeline.resources.provider import default_stats_provider
+from catalog_pipeline.resources.step_outputs import CatalogIOManager
 from catalog_pipeline.schedules.partitions import (
     partition_retention_job,
     partition_retention_schedule,
@@ -37,6 +38,7 @@ from catalog_pipeline.sensors.failures import (
 )
 from catalog_pipeline.sensors.objects import new_csv_objects_sensor
 from catalog_pipeline.sensors.pools import pool_limits_sensor
+from catalog_pipeline.workers import executor_choice
 
 
 def build_definitions(resources: dict | None = None) -> dg.Definitions:
@@ -74,14 +76,25 @@ def build_definitions(resources: dict | None = None) -> dg.Definitions:
             ingest_run_canceled_sensor,
             ingest_reconcile_sensor,
         ],
-        resources={
-            **default_resources(),
-            "stats_provider": default_stats_provider(),
-            **(resources or {}),
-        },
+        resources=with_io_manager(
+            {
+                **default_resources(),
+                "stats_provider": default_stats_provider(),
+                **(resources or {}),
+            }
+        ),
         executor=catalog_executor,
         loggers=loggers_from_environment(),
     )
+
+
+def with_io_manager(resources: dict) -> dict:
+    """With `CATALOG_EXECUTOR=celery`, step outputs go to the catalog database, which every
+    worker machine reaches (`CatalogIOManager`); else Dagster's default, files under
+    `$DAGSTER_HOME/storage` on the one machine that runs the steps."""
+    if "io_manager" in resources or executor_choice() != "celery":
+        return resources
+    return {**resources, "io_manager": CatalogIOManager(catalog_db=resources["catalog_db"])}
 
 
 defs = build_definitions()

@@ -12,6 +12,10 @@ A compressed object (`.csv.gz`, `.csv.zst`) is judged by the size it will have
 decompressed, which is what its chunks cut: its size (compressed, from the tag or HEAD)
 times `compression.ESTIMATED_RATIO` (5), so that a large compressed file still forks.
 
+With `CATALOG_EXECUTOR=celery`, `auto` means Celery instead: every step of every run
+goes to `catalog-pipeline worker` processes through dagster-celery's execution loop, on
+its op's queue, each submitted step watched by a deadline (catalog_pipeline.workers).
+
 Dagster's own `multi_or_in_process_executor` cannot do this: it takes its mode from
 run config, which a UI launch leaves empty, so every UI run paid a fresh interpreter
 per step (about 3 s each).
@@ -20,6 +24,7 @@ per step (about 3 s each).
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -32,6 +37,7 @@ from dagster._core.execution.retries import RetryMode, get_retries_config
 from dagster._core.executor.in_process import InProcessExecutor
 from dagster._core.executor.multiprocess import MultiprocessExecutor
 
+from catalog_pipeline import workers
 from catalog_pipeline.assets.partitions import object_key_for
 from catalog_pipeline.core.chunking import checked_chunk_bytes
 from catalog_pipeline.core.compression import ESTIMATED_RATIO, estimated_data_size
@@ -45,7 +51,7 @@ PRELOAD_MODULE = "catalog_pipeline.preload"
 # The sensor knows each object's size when it requests a run; the executor reads it here
 # instead of asking the bucket again.
 OBJECT_SIZE_TAG = "catalog/object_size"
-AUTO, IN_PROCESS, MULTIPROCESS = "auto", "in_process", "multiprocess"
+AUTO, IN_PROCESS, MULTIPROCESS, CELERY = "auto", "in_process", "multiprocess", "celery"
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,11 +135,18 @@ EXECUTOR_CONFIG = {
     "mode": dg.Field(
         dg.Enum(
             "CatalogExecutionMode",
-            [dg.EnumValue(AUTO), dg.EnumValue(IN_PROCESS), dg.EnumValue(MULTIPROCESS)],
+            [
+                dg.EnumValue(AUTO),
+                dg.EnumValue(IN_PROCESS),
+                dg.EnumValue(MULTIPROCESS),
+                dg.EnumValue(CELERY),
+            ],
         ),
         default_value=AUTO,
-        description="auto: in process for an object of up to three chunks, else chunk "
-        "steps in forked processes; in_process or multiprocess force one of the two.",
+        description="auto: what CATALOG_EXECUTOR says: with `celery`, every step on the "
+        "Celery workers; else (the default) in process for an object of up to three "
+        "chunks and chunk steps in forked processes for larger ones. in_process, "
+        "multiprocess or celery force one of them.",
     ),
     "max_concurrent": dg.Field(
         dg.Noneable(int),
@@ -158,13 +171,16 @@ def catalog_executor(init_context: dg.InitExecutorContext) -> dg.Executor:
     can_fork = (
         isinstance(init_context.job, ReconstructableJob) and init_context.instance.is_persistent
     )
-    if config["mode"] == MULTIPROCESS and not can_fork:
+    mode = config["mode"]
+    if mode == AUTO and workers.executor_choice() == CELERY:
+        mode = CELERY
+    if mode in (MULTIPROCESS, CELERY) and not can_fork:
         raise dg.DagsterInvariantViolationError(
-            "catalog_executor: multiprocess mode needs a job loaded from a code location "
+            f"catalog_executor: {mode} mode needs a job loaded from a code location "
             "and a persistent Dagster instance (DAGSTER_HOME); use mode: in_process here"
         )
     return SizeAwareExecutor(
-        mode=config["mode"],
+        mode=mode,
         max_concurrent=config["max_concurrent"],
         start_method=config["start_method"],
         retries=RetryMode.from_config(config["retries"]),
@@ -186,14 +202,23 @@ class SizeAwareExecutor(dg.Executor):
         self._max_concurrent = max_concurrent
         self._retries = retries
         self._can_fork = can_fork
+        self._celery = workers.CelerySettings.from_environment() if mode == CELERY else None
 
     @property
     def retries(self) -> RetryMode:
         return self._retries
 
+    def app_args(self) -> dict:
+        """The Celery app's arguments (dagster-celery's execution loop asks its executor)."""
+        assert self._celery is not None
+        return self._celery.app_args(self._retries)
+
     def execute(
         self, plan_context: PlanOrchestrationContext, execution_plan: ExecutionPlan
     ) -> Iterator[dg.DagsterEvent]:
+        if self._celery is not None:
+            yield from self._execute_on_celery(plan_context, execution_plan)
+            return
         execution = self.decide(plan_context, execution_plan)
         yield dg.DagsterEvent.engine_event(
             plan_context,
@@ -218,6 +243,55 @@ class SizeAwareExecutor(dg.Executor):
                 ),
             )
         yield from delegate.execute(plan_context, execution_plan)
+
+    def _execute_on_celery(
+        self, plan_context: PlanOrchestrationContext, execution_plan: ExecutionPlan
+    ) -> Iterator[dg.DagsterEvent]:
+        from celery.exceptions import DuplicateTaskNameWarning
+        from dagster_celery.core_execution_loop import core_celery_execution_loop
+        from dagster_celery.executor import _submit_task
+
+        celery = self._celery
+        assert celery is not None
+        queues = sorted(
+            {
+                execution_plan.get_step_by_key(key).tags.get(
+                    workers.QUEUE_TAG, workers.DEFAULT_QUEUE
+                )
+                for key in execution_plan.step_keys_to_execute
+            }
+        )
+        yield dg.DagsterEvent.engine_event(
+            plan_context,
+            f"catalog_executor: celery, every step on the workers of queue"
+            f"{'s' * (len(queues) != 1)} {', '.join(queues)} (broker "
+            f"{workers.without_password(celery.broker_url)}; a step not finished "
+            f"{celery.step_timeout:,} s after a worker started it fails)",
+            EngineEventData(
+                metadata={
+                    "mode": CELERY,
+                    "queues": ", ".join(queues),
+                    "visibility_timeout_seconds": celery.visibility_timeout,
+                    "step_timeout_seconds": celery.step_timeout,
+                }
+            ),
+        )
+
+        run_steps = workers.RunSteps()
+
+        def submit(app, context, step, queue, priority, known_state):
+            with warnings.catch_warnings():
+                # dagster-celery registers its step task again on each submission; Celery
+                # warns and keeps the first, which is the same task.
+                warnings.simplefilter("ignore", DuplicateTaskNameWarning)
+                result = _submit_task(app, context, step, queue, priority, known_state)
+            return workers.StepDeadline(
+                result, context.for_step(step), queue, celery.step_timeout, run_steps
+            )
+
+        yield from core_celery_execution_loop(
+            plan_context, execution_plan, step_execution_fn=submit
+        )
 
     def decide(
         self, plan_context: PlanOrchestrationContext, execution_plan: ExecutionPlan

@@ -49,6 +49,7 @@ from catalog_pipeline.db.derivation_failures import (
 from catalog_pipeline.db.tables import utcnow
 from catalog_pipeline.resources.catalog import CatalogDatabase
 from catalog_pipeline.resources.classifier import ClassifierResource
+from catalog_pipeline.workers import DERIVED_TAGS
 
 ITEM_CLASSIFICATIONS = dg.AssetKey("item_classifications")
 CLASSIFIER_POOL = "classifier"
@@ -267,6 +268,7 @@ def classify_scope(
     partitions_def=source_csvs,
     group_name="classification",
     pool=CLASSIFIER_POOL,
+    op_tags=DERIVED_TAGS,
     automation_condition=dg.AutomationCondition.eager(),
 )
 def item_classifications(
@@ -283,7 +285,7 @@ def item_classifications(
     )
 
 
-@dg.op(pool=CLASSIFIER_POOL)
+@dg.op(pool=CLASSIFIER_POOL, tags=DERIVED_TAGS)
 def reclassify_catalog(
     context: dg.OpExecutionContext,
     config: ClassificationConfig,

@@ -16,6 +16,7 @@ from catalog_pipeline.db.embeddings import VectorSearchUnavailableError, count_e
 from catalog_pipeline.embeddings import embed_catalog
 from catalog_pipeline.resources.catalog import CatalogDatabase
 from catalog_pipeline.resources.embedder import EmbedderResource
+from catalog_pipeline.workers import DERIVED_TAGS
 
 ITEM_EMBEDDINGS = dg.AssetKey("item_embeddings")
 EMBEDDER_POOL = "embedder"
@@ -39,6 +40,7 @@ class EmbeddingConfig(dg.Config):
     deps=[CATALOG_ITEMS],
     group_name="search",
     pool=EMBEDDER_POOL,
+    op_tags=DERIVED_TAGS,
     automation_condition=dg.AutomationCondition.eager(),
 )
 def item_embeddings(

@@ -22,6 +22,7 @@ from catalog_pipeline.db.ingest import (
     previous_header,
 )
 from catalog_pipeline.resources.catalog import BucketResource, CatalogDatabase, IngestSettings
+from catalog_pipeline.workers import INGEST_TAGS
 
 CATALOG_ITEMS = dg.AssetKey("catalog_items")
 INVALID_ITEM_LOGS = dg.AssetKey("invalid_item_logs")
@@ -59,6 +60,7 @@ class PlanResult:
 @dg.op(
     out={"plan": dg.Out(PlanResult), "chunks": dg.DynamicOut(ChunkTask)},
     pool="catalog_db",
+    tags=INGEST_TAGS,
 )
 def plan_chunks(
     context: dg.OpExecutionContext,
@@ -136,7 +138,7 @@ def chunk_name(chunk: ByteRange) -> str:
     return f"chunk_{chunk.index:05d}"
 
 
-@dg.op(pool="catalog_db")
+@dg.op(pool="catalog_db", tags=INGEST_TAGS)
 def process_chunk(
     context: dg.OpExecutionContext,
     task: ChunkTask,
@@ -192,6 +194,7 @@ def process_chunk(
         "catalog_items_file_accepted": dg.Out(dg.Nothing, is_required=False),
     },
     pool="catalog_db",
+    tags=INGEST_TAGS,
 )
 def finalize(
     context: dg.OpExecutionContext,

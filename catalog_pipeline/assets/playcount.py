@@ -24,6 +24,7 @@ from catalog_pipeline.db.playcount import ReclaimResult, provider_history_days
 from catalog_pipeline.playcount import maintenance_pass
 from catalog_pipeline.resources.catalog import CatalogDatabase
 from catalog_pipeline.resources.provider import StatsProvider
+from catalog_pipeline.workers import DERIVED_TAGS
 
 PLAYCOUNT_HISTORY = dg.AssetKey("playcount_history")
 
@@ -67,6 +68,7 @@ def reclaim_metadata(result: ReclaimResult) -> dict:
     deps=[CATALOG_ITEMS],
     group_name="playcount",
     pool="stats_provider",
+    op_tags=DERIVED_TAGS,
 )
 def playcount_history(
     context: dg.AssetExecutionContext,

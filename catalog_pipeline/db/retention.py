@@ -12,7 +12,7 @@ from datetime import datetime
 
 from sqlalchemy import Column, Engine, Table, delete, exists, func, select
 
-from catalog_pipeline.db.tables import invalid_item_logs, provider_calls
+from catalog_pipeline.db.tables import invalid_item_logs, provider_calls, step_outputs
 
 DEFAULT_BATCH_SIZE = 10_000
 DEFAULT_MAX_BATCHES = 100
@@ -67,6 +67,12 @@ def delete_expired_invalid_logs(engine: Engine, cutoff: datetime, **limits) -> R
 
 def delete_expired_provider_calls(engine: Engine, cutoff: datetime, **limits) -> RetentionResult:
     return delete_expired(engine, provider_calls, provider_calls.c.called_at, cutoff, **limits)
+
+
+def delete_expired_step_outputs(engine: Engine, cutoff: datetime, **limits) -> RetentionResult:
+    """Outputs of runs on Celery workers (`CatalogIOManager`): kept for re-executions from
+    failure, which read their parent run's."""
+    return delete_expired(engine, step_outputs, step_outputs.c.created_at, cutoff, **limits)
 
 
 def count_expired(engine: Engine, table: Table, timestamp: Column, cutoff: datetime) -> int:

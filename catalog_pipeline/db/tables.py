@@ -354,3 +354,20 @@ item_embeddings = Table(
     Column("embedding", VECTOR, nullable=False),
     Column("embedded_at", UtcDateTime, nullable=False, default=utcnow),
 )
+
+# Step outputs of runs whose steps run on Celery workers (`CATALOG_EXECUTOR=celery`): the
+# chunk plan and the chunk reports, pickled, where every worker machine reads them (a
+# worker's local disk is not shared). Keyed by run and `step/output[mapping]`; a
+# re-execution reads its parent run's. `invalid_log_retention_job` deletes them after
+# 30 days.
+step_outputs = Table(
+    "step_outputs",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("run_id", String(64), nullable=False),
+    Column("output_key", String(1000), nullable=False),
+    Column("value", LargeBinary, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False, default=utcnow),
+    UniqueConstraint("run_id", "output_key"),
+    Index(None, "created_at"),
+)

@@ -1,5 +1,6 @@
-"""`invalid_log_retention_job`, daily at 09:00 UTC: expire old invalid-row logs and the
-stats-provider call ledger, in bounded batches."""
+"""`invalid_log_retention_job`, daily at 09:00 UTC: expire old invalid-row logs, the
+stats-provider call ledger and the step outputs of runs on Celery workers, in bounded
+batches."""
 
 from datetime import UTC, datetime, timedelta
 
@@ -11,6 +12,7 @@ from catalog_pipeline.db.retention import (
     RetentionResult,
     delete_expired_invalid_logs,
     delete_expired_provider_calls,
+    delete_expired_step_outputs,
 )
 from catalog_pipeline.resources.catalog import CatalogDatabase
 from catalog_pipeline.schedules import utc_schedule
@@ -19,6 +21,7 @@ from catalog_pipeline.schedules import utc_schedule
 class RetentionConfig(dg.Config):
     invalid_log_days: int = 90
     provider_call_days: int = 400
+    step_output_days: int = 30
     batch_size: int = DEFAULT_BATCH_SIZE
     max_batches: int = DEFAULT_MAX_BATCHES
 
@@ -38,7 +41,8 @@ def _metadata(result: RetentionResult) -> dict:
 def delete_expired_rows(
     context: dg.OpExecutionContext, config: RetentionConfig, catalog_db: CatalogDatabase
 ) -> None:
-    """Delete invalid-row logs and provider calls older than their retention windows."""
+    """Delete invalid-row logs, provider calls and step outputs older than their retention
+    windows."""
     engine = catalog_db.engine()
     now = datetime.now(UTC)
     limits = {"batch_size": config.batch_size, "max_batches": config.max_batches}
@@ -48,6 +52,9 @@ def delete_expired_rows(
         ),
         delete_expired_provider_calls(
             engine, now - timedelta(days=config.provider_call_days), **limits
+        ),
+        delete_expired_step_outputs(
+            engine, now - timedelta(days=config.step_output_days), **limits
         ),
     ):
         context.log.info(

@@ -47,8 +47,18 @@ def test_every_method_ingests_the_same_rows_and_the_report_has_the_ratios(
     valid = report["core"]["valid"]
     assert 0.9 * ROWS < valid < ROWS  # ~5 % invalid rows, a few duplicate SKUs
     assert report["core"]["rows"] == report["core"]["verified_row_count"] == ROWS
-    for method in ("naive_pandas", "core_1_worker", "dagster", "dagster_1_worker", "sqlite"):
+    for method in (
+        "naive_pandas",
+        "core_1_worker",
+        "dagster",
+        "dagster_1_worker",
+        "dagster_celery",
+        "sqlite",
+    ):
         assert report[method]["valid"] == valid, method
+    # Celery: every chunk step ran on one of the workers, one worker per core.
+    assert len(report["dagster_celery"]["chunk_steps_per_worker"]) == report["cores"]
+    assert sum(report["dagster_celery"]["chunk_steps_per_worker"]) >= 1
     # The re-run: the next scrape of the same source (the same valid rows, 5 % repriced).
     assert report["core_rerun"]["rows"] == ROWS
     assert report["core_rerun"]["valid"] == valid
@@ -73,6 +83,7 @@ def test_every_method_ingests_the_same_rows_and_the_report_has_the_ratios(
         "core/naive_pandas",
         "core/core_1_worker",
         "dagster/dagster_1_worker",
+        "dagster_celery/dagster",
     }
     assert all(ratio > 0 for ratio in report["ratios"].values())
 
