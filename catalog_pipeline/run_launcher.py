@@ -5,7 +5,8 @@ kernel's OOM killer), so that the run-failure sensor marks its file `failed`.
 Dagster's default launcher runs each run in a process of the code server on this machine
 and cannot tell whether it is still alive; the Kubernetes and Docker launchers (the
 production choice) check their own workers. This one reads the run worker's process id
-from the run's "Started process for run (pid: N)" event and asks the kernel.
+from the run's "Started process for run (pid: N)" event and asks the kernel. Before its
+first run it also sets the pool limits the code needs (see `launch_run`).
 """
 
 from __future__ import annotations
@@ -15,9 +16,22 @@ from dagster._core.launcher import DefaultRunLauncher
 from dagster._core.launcher.base import CheckRunHealthResult, WorkerStatus
 
 from catalog_pipeline.core.processes import process_alive
+from catalog_pipeline.sensors.pools import POOL_LIMITS, ensure_pool_limits
 
 
 class LocalRunLauncher(DefaultRunLauncher):
+    _pools_checked = False
+
+    def launch_run(self, context) -> None:
+        """Before the first run it launches, give the pools that need a limit theirs
+        (`pool_limits_sensor` does it too, but on a fresh instance a run launched before
+        that sensor's first tick ran two classifier steps at once under the default
+        limit)."""
+        if not self._pools_checked:
+            ensure_pool_limits(self._instance, POOL_LIMITS)
+            self._pools_checked = True
+        super().launch_run(context)
+
     @property
     def supports_check_run_worker_health(self) -> bool:
         return True
