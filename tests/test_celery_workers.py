@@ -9,8 +9,10 @@ the catalog database (`step_outputs`), and report back through the result backen
 - a worker killed with SIGKILL mid-step (its whole process group: the machine is gone)
   never leaves the run hanging: the step goes back to the queue, the other worker runs it
   after the visibility timeout, and the file completes with the same catalog;
-- a step that outlives the visibility timeout is delivered twice and runs twice at once,
-  and the catalog is still the same (chunk upserts and finalize are idempotent).
+- a pool process killed mid-step is replaced and the step runs again at once;
+- a step that outlives the visibility timeout is delivered twice and runs twice, and the
+  catalog is still the same (chunk upserts and finalize are idempotent);
+- a step past its deadline fails the run and the file, with the reason.
 """
 
 from __future__ import annotations
@@ -155,8 +157,8 @@ def finished(process: subprocess.Popen, timeout: float = RUN_TIMEOUT) -> dict:
     return json.loads(out)
 
 
-@pytest.fixture
-def scrape(tmp_path: Path) -> bytes:
+@pytest.fixture(scope="module")
+def scrape() -> bytes:
     return sample_csv(ROWS, seed=11)
 
 
@@ -171,10 +173,11 @@ def environment(tmp_path: Path, bucket: LocalBucket, database: str, **extra) -> 
     }
 
 
-@pytest.fixture
-def reference(tmp_path: Path, scrape: bytes) -> dict:
-    """The same file ingested by the default executor (no Celery), on SQLite."""
-    folder = tmp_path / "reference"
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory, scrape: bytes) -> dict:
+    """The same file ingested by the default executor (no Celery), on SQLite; once for
+    every test here."""
+    folder = tmp_path_factory.mktemp("reference")
     bucket = LocalBucket(folder / "bucket")
     bucket.put(KEY, scrape)
     database = f"sqlite:///{folder / 'catalog.sqlite'}"
@@ -266,6 +269,45 @@ def test_a_worker_killed_mid_step_never_hangs_the_run_and_its_step_is_redelivere
 
     assert_same_catalog(result, postgres_engine, reference)
     assert killed_step in cluster.steps_run("w2"), (killed_step, cluster.log("w2"))
+
+
+def test_a_pool_process_killed_mid_step_is_replaced_and_its_step_runs_again(
+    cluster: Cluster, postgres_engine, reference: dict
+):
+    """The pool process running a step dies (SIGKILL, the OOM killer) while its worker
+    lives: Celery would mark the task failed with `WorkerLostError`, which no op
+    RetryPolicy sees; with `task_reject_on_worker_lost` the step goes back to the queue at
+    once and runs again in the worker's new pool process."""
+    cluster.start_worker("w1")
+    cluster.wait_ready()
+    ingest = cluster.ingest()
+    process, _ = cluster.workers["w1"]
+    deadline = time.monotonic() + 120
+    while True:
+        lines = cluster.log("w1").splitlines()
+        started = re.search(
+            r"running step (\S+process_chunk\S+) of run", lines[-1] if lines else ""
+        )
+        if started:
+            (child,) = pool_processes(process.pid)
+            os.kill(child, signal.SIGKILL)
+            killed_step = started.group(1)
+            break
+        assert ingest.poll() is None, "the ingest ended before w1 ran a chunk step"
+        assert time.monotonic() < deadline, cluster.log("w1")
+        time.sleep(0.02)
+
+    result = finished(ingest)
+
+    assert_same_catalog(result, postgres_engine, reference)
+    assert cluster.steps_run("w1").count(killed_step) == 2, cluster.log("w1")
+    assert "SIGKILL" in cluster.log("w1")  # Celery reports the lost pool process
+
+
+def pool_processes(worker_pid: int) -> list[int]:
+    """The worker's pool processes: its children (Linux /proc)."""
+    children = Path(f"/proc/{worker_pid}/task/{worker_pid}/children").read_text().split()
+    return [int(pid) for pid in children]
 
 
 def test_a_step_outliving_the_visibility_timeout_runs_twice_and_the_catalog_is_the_same(

@@ -77,7 +77,12 @@ def _run_level_reason(instance: dg.DagsterInstance, run_id: str) -> str | None:
         while error is not None and error.cause is not None:
             error = error.cause
         if error is not None and error.message.strip():
-            return error.message.strip().splitlines()[0]
+            lines = [line.strip() for line in error.message.strip().splitlines() if line.strip()]
+            # dagster-celery's wrapper lists each failed step's own error after its line:
+            # "During celery execution errors occurred in workers:" / "[step]: Error: …".
+            if lines[0].endswith("errors occurred in workers:") and len(lines) > 1:
+                return lines[1]
+            return lines[0]
     for entry in reversed(instance.all_logs(run_id, of_type=dg.DagsterEventType.ENGINE_EVENT)):
         message = (entry.dagster_event.message or "").strip()
         if any(marker in message for marker in _WORKER_DEATH):
