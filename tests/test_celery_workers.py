@@ -196,12 +196,13 @@ def reference(tmp_path_factory: pytest.TempPathFactory, scrape: bytes) -> dict:
         engine.dispose()
 
 
-@pytest.fixture
-def cluster(tmp_path: Path, redis_url: str, postgres_engine, scrape: bytes):
+def make_cluster(tmp_path: Path, redis_url: str, postgres_engine, scrape: bytes, **settings):
+    """The scrape in a local bucket, and workers' environment: Celery on `redis_url`, the
+    PostgreSQL catalog, and `settings` (CATALOG_CELERY_*)."""
     bucket = LocalBucket(tmp_path / "bucket")
     bucket.put(KEY, scrape)
     database = postgres_engine.url.render_as_string(hide_password=False)
-    nodes = Cluster(
+    return Cluster(
         tmp_path,
         environment(
             tmp_path,
@@ -209,8 +210,15 @@ def cluster(tmp_path: Path, redis_url: str, postgres_engine, scrape: bytes):
             database,
             CATALOG_EXECUTOR="celery",
             CATALOG_CELERY_BROKER_URL=redis_url,
-            CATALOG_CELERY_VISIBILITY_TIMEOUT_SECONDS="8",
+            **settings,
         ),
+    )
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, redis_url: str, postgres_engine, scrape: bytes):
+    nodes = make_cluster(
+        tmp_path, redis_url, postgres_engine, scrape, CATALOG_CELERY_VISIBILITY_TIMEOUT_SECONDS="8"
     )
     yield nodes
     nodes.stop()
@@ -249,21 +257,9 @@ def test_a_worker_killed_mid_step_never_hangs_the_run_and_its_step_is_redelivere
     cluster.wait_ready()
     ingest = cluster.ingest()
 
-    # Kill w1 (main process and pool child) while it runs a chunk step: its last log
-    # line says it started one (a chunk step takes seconds, the poll 20 ms).
-    deadline = time.monotonic() + 120
-    while True:
-        lines = cluster.log("w1").splitlines()
-        started = re.search(
-            r"running step (\S+process_chunk\S+) of run", lines[-1] if lines else ""
-        )
-        if started:
-            cluster.kill("w1")
-            killed_step = started.group(1)
-            break
-        assert ingest.poll() is None, "the ingest ended before w1 ran a chunk step"
-        assert time.monotonic() < deadline, cluster.log("w1")
-        time.sleep(0.02)
+    # Kill w1 (main process and pool child) while it runs a chunk step.
+    killed_step = running_chunk_step(cluster, "w1", ingest)
+    cluster.kill("w1")
 
     result = finished(ingest)
 
@@ -282,26 +278,31 @@ def test_a_pool_process_killed_mid_step_is_replaced_and_its_step_runs_again(
     cluster.wait_ready()
     ingest = cluster.ingest()
     process, _ = cluster.workers["w1"]
-    deadline = time.monotonic() + 120
-    while True:
-        lines = cluster.log("w1").splitlines()
-        started = re.search(
-            r"running step (\S+process_chunk\S+) of run", lines[-1] if lines else ""
-        )
-        if started:
-            (child,) = pool_processes(process.pid)
-            os.kill(child, signal.SIGKILL)
-            killed_step = started.group(1)
-            break
-        assert ingest.poll() is None, "the ingest ended before w1 ran a chunk step"
-        assert time.monotonic() < deadline, cluster.log("w1")
-        time.sleep(0.02)
+    killed_step = running_chunk_step(cluster, "w1", ingest)
+    (child,) = pool_processes(process.pid)
+    os.kill(child, signal.SIGKILL)
 
     result = finished(ingest)
 
     assert_same_catalog(result, postgres_engine, reference)
     assert cluster.steps_run("w1").count(killed_step) == 2, cluster.log("w1")
     assert "SIGKILL" in cluster.log("w1")  # Celery reports the lost pool process
+
+
+def running_chunk_step(cluster: Cluster, name: str, ingest: subprocess.Popen) -> str:
+    """Wait until the worker's last log line says it started a chunk step (a chunk step
+    takes about half a second, the poll 20 ms); that step."""
+    deadline = time.monotonic() + 120
+    while True:
+        lines = cluster.log(name).splitlines()
+        started = re.search(
+            r"running step (\S+process_chunk\S+) of run", lines[-1] if lines else ""
+        )
+        if started:
+            return started.group(1)
+        assert ingest.poll() is None, f"the ingest ended before {name} ran a chunk step"
+        assert time.monotonic() < deadline, cluster.log(name)
+        time.sleep(0.02)
 
 
 def pool_processes(worker_pid: int) -> list[int]:
@@ -317,18 +318,8 @@ def test_a_step_outliving_the_visibility_timeout_runs_twice_and_the_catalog_is_t
     `catalog_items` against writes until chunk steps have waited on it for 4 s. Every
     chunk step taken meanwhile is delivered again while it waits, so the same chunk runs
     twice, on two workers at once or one after the other."""
-    bucket = LocalBucket(tmp_path / "bucket")
-    bucket.put(KEY, scrape)
-    cluster = Cluster(
-        tmp_path,
-        environment(
-            tmp_path,
-            bucket,
-            postgres_engine.url.render_as_string(hide_password=False),
-            CATALOG_EXECUTOR="celery",
-            CATALOG_CELERY_BROKER_URL=redis_url,
-            CATALOG_CELERY_VISIBILITY_TIMEOUT_SECONDS="1",
-        ),
+    cluster = make_cluster(
+        tmp_path, redis_url, postgres_engine, scrape, CATALOG_CELERY_VISIBILITY_TIMEOUT_SECONDS="1"
     )
     try:
         cluster.start_worker("w1")
@@ -361,18 +352,8 @@ def test_a_step_past_its_deadline_fails_the_run_and_the_file_with_the_reason(
     """`CATALOG_CELERY_STEP_TIMEOUT_SECONDS` is the backstop of a step that never ends (a
     worker dying on it again and again): here chunk steps wait on a locked table longer
     than a 3 s deadline, and the run ends `failed`, its file too, with the reason."""
-    bucket = LocalBucket(tmp_path / "bucket")
-    bucket.put(KEY, scrape)
-    cluster = Cluster(
-        tmp_path,
-        environment(
-            tmp_path,
-            bucket,
-            postgres_engine.url.render_as_string(hide_password=False),
-            CATALOG_EXECUTOR="celery",
-            CATALOG_CELERY_BROKER_URL=redis_url,
-            CATALOG_CELERY_STEP_TIMEOUT_SECONDS="3",
-        ),
+    cluster = make_cluster(
+        tmp_path, redis_url, postgres_engine, scrape, CATALOG_CELERY_STEP_TIMEOUT_SECONDS="3"
     )
     try:
         cluster.start_worker("w1")
