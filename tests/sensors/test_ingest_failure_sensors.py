@@ -133,3 +133,38 @@ def test_a_chunk_step_killed_by_sigkill_leaves_the_file_failed_and_alerts_once(
     assert row.status == "completed"
     files = content_dump(engine)["files"]
     assert files == [(KEY, "completed", 250, files[0][3], files[0][4], 250)]
+
+
+def test_a_run_failed_by_the_celery_engine_reports_the_steps_own_error():
+    """dagster-celery fails a run whose step task raised in the worker (not in the step:
+    a lost pool process, an instance the worker cannot load) with one wrapper error that
+    lists each step's error after a header line; the reason is the step's, not the header."""
+    from dagster._core.events import DagsterEvent, RunFailureReason
+    from dagster._utils.error import SerializableErrorInfo
+
+    from catalog_pipeline.sensors.failures import run_failure_reason
+
+    @dg.job
+    def celery_job():
+        pass
+
+    wrapper = SerializableErrorInfo(
+        message="dagster._core.errors.DagsterSubprocessError: During celery execution errors "
+        "occurred in workers:\n[catalog_ingest.process_chunk[chunk_00000]]: "
+        "billiard.exceptions.WorkerLostError: Worker exited prematurely: signal 9 (SIGKILL)\n"
+        "\nStack Trace:\n  File ...\n",
+        stack=[],
+        cls_name="DagsterSubprocessError",
+    )
+    with dg.instance_for_test() as instance:
+        run = instance.create_run_for_job(celery_job)
+        instance.report_dagster_event(
+            DagsterEvent.job_failure(
+                "celery_job", "the run failed", RunFailureReason.STEP_FAILURE, wrapper
+            ),
+            run_id=run.run_id,
+        )
+        assert run_failure_reason(instance, run.run_id, "fallback") == (
+            "[catalog_ingest.process_chunk[chunk_00000]]: billiard.exceptions.WorkerLostError: "
+            "Worker exited prematurely: signal 9 (SIGKILL)"
+        )
