@@ -39,6 +39,7 @@ from dagster._core.executor.multiprocess import MultiprocessExecutor
 
 from catalog_pipeline import workers
 from catalog_pipeline.assets.partitions import object_key_for
+from catalog_pipeline.core.alerts import redact_secrets
 from catalog_pipeline.core.chunking import checked_chunk_bytes
 from catalog_pipeline.core.compression import ESTIMATED_RATIO, estimated_data_size
 from catalog_pipeline.core.errors import root_cause
@@ -265,7 +266,7 @@ class SizeAwareExecutor(dg.Executor):
             plan_context,
             f"catalog_executor: celery, every step on the workers of queue"
             f"{'s' * (len(queues) != 1)} {', '.join(queues)} (broker "
-            f"{workers.without_password(celery.broker_url)}; a step not finished "
+            f"{redact_secrets(celery.broker_url)}; a step not finished "
             f"{celery.step_timeout:,} s after a worker started it fails)",
             EngineEventData(
                 metadata={

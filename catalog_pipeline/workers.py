@@ -29,6 +29,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from catalog_pipeline.core.alerts import redact_secrets
 from catalog_pipeline.settings import setting
 
 EXECUTOR = "CATALOG_EXECUTOR"
@@ -161,22 +162,12 @@ def check_broker(url: str, timeout: float = 5.0) -> None:
         redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout).ping()
     except redis.RedisError as error:
         raise CelerySettingsError(
-            f"cannot reach the Celery broker {without_password(url)} ({BROKER_URL}): {error}"
+            redact_secrets(f"cannot reach the Celery broker {url} ({BROKER_URL}): {error}")
         ) from None
 
 
-def without_password(url: str) -> str:
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}"
-    return urlunsplit(parts._replace(netloc=netloc + (f":{parts.port}" if parts.port else "")))
-
-
 def make_worker_app():
-    """The Celery app a worker runs (`celery -A catalog_pipeline.workers:app`): the
+    """The Celery app a worker runs (`celery -A catalog_pipeline.worker_app`): the
     executor's settings and dagster-celery's step task."""
     from dagster._core.execution.retries import RetryMode
     from dagster_celery.make_app import make_app

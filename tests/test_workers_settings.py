@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from catalog_pipeline import workers
+from catalog_pipeline.core.alerts import redact_secrets
 from catalog_pipeline.workers import CelerySettings, CelerySettingsError, executor_choice
 from tests.conftest import _free_port
 from tests.test_cli import cli
@@ -68,9 +69,9 @@ def test_the_shared_celery_config_acks_late_and_sweeps_for_stranded_steps(clean_
     assert transport["unacked_restore_interval"] * transport["unacked_restore_throttle"] == 10
 
 
-def test_passwords_never_reach_the_run_log():
-    assert workers.without_password("redis://:s3cret@host:6380/0") == "redis://:***@host:6380/0"
-    assert workers.without_password("redis://host/0") == "redis://host/0"
+def test_broker_passwords_are_redacted_as_every_url_is():
+    assert redact_secrets("redis://:s3cret@host:6380/0") == "redis://***@host:6380/0"
+    assert redact_secrets("redis://host/0") == "redis://host/0"
 
 
 def test_worker_without_a_broker_is_a_usage_error():
@@ -84,7 +85,7 @@ def test_worker_with_an_unreachable_broker_says_so():
     url = f"redis://:hunter2@127.0.0.1:{_free_port()}/0"  # nothing listens there
     result = cli("worker", env={workers.BROKER_URL: url}, timeout=60)
     assert result.returncode == 2, result.stderr
-    assert "cannot reach the Celery broker redis://:***@127.0.0.1" in result.stderr
+    assert "cannot reach the Celery broker redis://***@127.0.0.1" in result.stderr
     assert "hunter2" not in result.stderr
     assert "Traceback" not in result.stderr
 
