@@ -491,7 +491,7 @@ def dagster_celery(path: Path, url: str, chunk_bytes: int, workers: int) -> dict
         "CATALOG_EXECUTOR": "celery",
     }
     with tempfile.TemporaryDirectory(prefix="bench-celery-") as scratch:
-        redis, broker = _start_redis(Path(scratch))
+        redis, broker = start_redis(Path(scratch))
         environment["CATALOG_CELERY_BROKER_URL"] = broker
         os.environ.update(environment)
         started = [_start_worker(f"bench{n}", Path(scratch), environment) for n in range(workers)]
@@ -512,7 +512,9 @@ def dagster_celery(path: Path, url: str, chunk_bytes: int, workers: int) -> dict
     return {**result, "chunk_steps_per_worker": chunk_steps}
 
 
-def _start_redis(folder: Path) -> tuple[subprocess.Popen, str]:
+def start_redis(folder: Path) -> tuple[subprocess.Popen, str]:
+    """Debian's `redis-server` on a free loopback port, without persistence; the process
+    and its URL (also the Celery tests' broker)."""
     import socket
 
     server = shutil.which("redis-server")

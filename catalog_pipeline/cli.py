@@ -357,17 +357,11 @@ def _run(arguments: argparse.Namespace) -> int:
 def _start_worker(arguments: argparse.Namespace) -> int:
     """Check the settings and the broker, then become `celery worker` (exec: signals such
     as Ctrl-C and a supervisor's SIGTERM reach Celery itself)."""
-    from catalog_pipeline.workers import CelerySettings, CelerySettingsError, check_broker
-
     if arguments.concurrency is not None and arguments.concurrency < 1:
         raise UsageError(f"--concurrency {arguments.concurrency}: give 1 or more")
     if arguments.name is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", arguments.name):
         raise UsageError(f"--name {arguments.name!r}: use letters, digits, '.', '_' and '-'")
-    try:
-        celery = CelerySettings.from_environment()
-        check_broker(celery.broker_url)
-    except CelerySettingsError as error:
-        raise UsageError(str(error)) from None
+    _check_celery()
     queues = ",".join(dict.fromkeys(arguments.queue or QUEUES))
     name = arguments.name or f"catalog-{os.getpid()}"
     command = [
@@ -385,11 +379,22 @@ def _start_worker(arguments: argparse.Namespace) -> int:
 def _check_executor() -> None:
     """`CATALOG_EXECUTOR` and, for `celery`, its settings and broker: a usage error now
     rather than every file failing on them."""
+    from catalog_pipeline.workers import CelerySettingsError
+
+    try:
+        celery = executor_choice() == "celery"
+    except CelerySettingsError as error:
+        raise UsageError(str(error)) from None
+    if celery:
+        _check_celery()
+
+
+def _check_celery() -> None:
+    """The Celery settings, and a broker that answers; else a usage error."""
     from catalog_pipeline.workers import CelerySettings, CelerySettingsError, check_broker
 
     try:
-        if executor_choice() == "celery":
-            check_broker(CelerySettings.from_environment().broker_url)
+        check_broker(CelerySettings.from_environment().broker_url)
     except CelerySettingsError as error:
         raise UsageError(str(error)) from None
 

@@ -30,10 +30,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
+from benchmarks.ingest import start_redis
 from catalog_pipeline.core.bucket import LocalBucket
 from catalog_pipeline.core.samples import sample_csv
 from catalog_pipeline.db.engine import make_engine
-from tests.conftest import IN_CI, _free_port
+from tests.conftest import IN_CI
 from tests.helpers import content_dump
 
 pytestmark = pytest.mark.slow
@@ -48,32 +49,12 @@ RUN_TIMEOUT = 240
 @pytest.fixture
 def redis_url(tmp_path: Path):
     """A Redis server of this test's own on loopback (no persistence), stopped at the end."""
-    server = shutil.which("redis-server")
-    if server is None:
+    if shutil.which("redis-server") is None:
         if IN_CI:
             pytest.fail("no redis-server: .ci/run installs it (apt-get install redis-server)")
         pytest.skip("no redis-server (apt-get install redis-server)")
-    port = _free_port()
-    process = subprocess.Popen(
-        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        cwd=tmp_path,
-    )
-    import redis
-
-    client = redis.Redis(port=port)
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            if time.monotonic() > deadline:
-                process.kill()
-                pytest.fail("redis-server did not start")
-            time.sleep(0.05)
-    yield f"redis://127.0.0.1:{port}/0"
+    process, url = start_redis(tmp_path)
+    yield url
     process.kill()
     process.wait(timeout=10)
 
