@@ -196,26 +196,31 @@ def select_partition(page, partition: str) -> None:
     expect(page).to_have_url(re.compile(r"[?&]partition="))
 
 
-def pick_partition(page, partition: str, attempts: int = 5) -> None:
+def pick_partition(page, partition: str, attempts: int = 4) -> None:
     """Pick a partition in the Materialize dialog's partition menu.
 
-    The menu is filtered down to that partition first. The dialog refreshes while it is
-    open, and on a loaded machine a click can meet the menu item detached mid re-render:
-    only a click that did not happen is retried (picking again would unpick), and a click
-    that happened must show the partition as a tag in the selector.
+    The menu is filtered down to that partition first. Its row is found by the full key
+    the UI keeps in `data-tooltip`: the text it shows is middle-truncated to the menu's
+    width, which depends on the machine's fonts. The dialog re-renders while it is open,
+    so a click can miss the row; the row is clicked again only while its checkbox is
+    still unchecked (clicking a picked row unpicks it), and the pick must then show as a
+    tag in the selector.
     """
     from playwright.sync_api import Error, expect
 
     page.get_by_placeholder("Filter partitions").fill(partition)
-    item = page.get_by_role("menuitem", name=partition).first
-    picked = page.locator(f'[data-tooltip="{partition}"]:has([aria-label="close"])')
-    for attempt in range(attempts):
+    row = page.locator(f'label:has([data-tooltip="{partition}"])')
+    checkbox = row.get_by_role("checkbox")  # visually hidden: read, never clicked
+    for _ in range(attempts):
         try:
-            item.click(timeout=UI_TIMEOUT_MS // 2)
+            if not checkbox.is_checked(timeout=UI_TIMEOUT_MS // 4):
+                row.locator(f'[data-tooltip="{partition}"]').click(timeout=UI_TIMEOUT_MS // 4)
+            expect(checkbox).to_be_checked(timeout=UI_TIMEOUT_MS // 4)
             break
-        except Error:
-            if attempt == attempts - 1:
-                raise
+        except (Error, AssertionError):
+            continue
+    expect(checkbox).to_be_checked()
+    picked = page.locator(f'[data-tooltip="{partition}"]:has([aria-label="close"])')
     expect(picked).to_be_visible()
 
 
