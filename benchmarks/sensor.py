@@ -272,7 +272,15 @@ def extrapolate(kind: str, phase: dict, budget: float) -> dict:
     }
 
 
-def bucket_phase(kind: str, workdir: Path, count: int, new: int, budget: float, endpoint=None):
+def bucket_phase(
+    kind: str,
+    workdir: Path,
+    count: int,
+    new: int,
+    budget: float,
+    endpoint=None,
+    ranges: tuple[list[int], list[float]] = ([], []),
+):
     print(f"{kind}: creating {count:,} objects", flush=True)
     started = time.perf_counter()
     if kind == "local":
@@ -314,6 +322,8 @@ def bucket_phase(kind: str, workdir: Path, count: int, new: int, budget: float, 
         partitions = instance.get_dynamic_partitions(source_csvs.name)
         result["get_dynamic_partitions_seconds"] = round(time.perf_counter() - started, 3)
         result["live_partitions"] = len(partitions)
+        if kind == "s3":
+            result["ranges"] = ranges_phase(instance, resources, budget, endpoint, ranges)
     with engine.begin() as connection:
         connection.execute(
             update(source_files).values(updated_at=datetime.now(UTC) - timedelta(days=40))
@@ -330,6 +340,50 @@ def bucket_phase(kind: str, workdir: Path, count: int, new: int, budget: float, 
     result["extrapolated"] = extrapolate(kind, result, budget)
     engine.dispose()
     return result
+
+
+def ranges_phase(
+    instance, resources: dict, budget: float, endpoint: str, ranges: tuple[list[int], list[float]]
+) -> list[dict]:
+    """The `known_live` sweep of the S3 bucket with key ranges listed side by side
+    (`CATALOG_SENSOR_LIST_CONCURRENCY`), straight to moto and through a loopback proxy
+    that delays every listing request by `latency` seconds: a far bucket, as R2 or S3 is
+    from a data centre's sensor daemon, whose page latency, unlike moto's, does not grow
+    with the bucket. Each measurement is extrapolated to 1M objects at its measured cost
+    per object (true of a bucket whose page latency is flat; moto's is not, see
+    `extrapolate`)."""
+    from tests.fault_proxy import LISTINGS, FaultProxy
+
+    concurrencies, latencies = ranges
+    measured = []
+    for latency in latencies:
+        with FaultProxy(endpoint, latency=latency, latency_match=LISTINGS) as proxy:
+            url = resources["bucket"].url
+            far = {**resources, "bucket": CountingBucketResource(url=url, endpoint_url=proxy.url)}
+            for concurrency in concurrencies:
+                print(f"s3: sweep, {latency:g} s added a page, {concurrency} ranges", flush=True)
+                os.environ[discovery.LIST_CONCURRENCY_SETTING] = str(concurrency)
+                try:
+                    swept = sweep(instance, far if latency else resources, budget)
+                finally:
+                    del os.environ[discovery.LIST_CONCURRENCY_SETTING]
+                per_object = swept["discover_seconds"] / swept["listed"]
+                ticks = math.ceil(TARGET_OBJECTS * per_object / budget)
+                tick = max(INTERVAL_SECONDS, budget + swept["other_seconds_per_tick"])
+                measured.append(
+                    {
+                        "added_latency_seconds": latency,
+                        "concurrency": concurrency,
+                        "sweep_seconds": swept["evaluation_seconds"],
+                        "ticks": swept["ticks"],
+                        "microseconds_per_object": round(per_object * 1e6, 1),
+                        "extrapolated_1m_ticks": ticks,
+                        "extrapolated_1m_sweep_seconds": ticks * tick,
+                        "meets_10_minutes": ticks * tick <= TARGET_SWEEP_SECONDS,
+                    }
+                )
+                print(json.dumps(measured[-1]), flush=True)
+    return measured
 
 
 def start_moto() -> tuple[subprocess.Popen, str]:
@@ -440,6 +494,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--graphql", default="10000,100000", help="partition counts, or 'none' to skip"
     )
+    parser.add_argument(
+        "--concurrency",
+        default="1,4,8",
+        help="S3: key ranges listed side by side in the extra known_live sweeps ('' skips)",
+    )
+    parser.add_argument(
+        "--latency",
+        default="0,0.5",
+        help="S3: seconds a loopback proxy adds to each listing request in those sweeps",
+    )
     parser.add_argument("--json", type=Path, help="also write the result here")
     parser.add_argument(
         "--reextrapolate", type=Path, help="recompute the extrapolations of a stored result"
@@ -473,7 +537,13 @@ def main(argv: list[str] | None = None) -> int:
                 if kind == "s3":
                     moto, endpoint = start_moto()
                 result["backends"][kind] = bucket_phase(
-                    kind, workdir / kind, args.objects, args.new, args.budget, endpoint
+                    kind,
+                    workdir / kind,
+                    args.objects,
+                    args.new,
+                    args.budget,
+                    endpoint,
+                    (_numbers(args.concurrency, int), _numbers(args.latency, float)),
                 )
             finally:
                 if moto is not None:
@@ -489,6 +559,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(text + "\n")
     return 0
+
+
+def _numbers(text: str, kind):
+    return [kind(part) for part in text.split(",") if part.strip()]
 
 
 if __name__ == "__main__":

@@ -29,10 +29,13 @@ objects (`.<name>.<etag>.staged.csv`), are never objects to ingest, whatever the
 from __future__ import annotations
 
 import os
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from queue import Full, Queue
 
 from sqlalchemy import Engine
 
@@ -51,10 +54,23 @@ from catalog_pipeline.core.naming import compression_of, is_csv_key, is_hidden_k
 from catalog_pipeline.core.retry import RetryPolicy, retrying
 from catalog_pipeline.core.validation import MissingColumnsError, map_header
 from catalog_pipeline.db import ingest as db
-from catalog_pipeline.db.partitions import PartitionRetention, VersionState, version_states
+from catalog_pipeline.db.partitions import (
+    PartitionRetention,
+    VersionState,
+    key_splits,
+    version_states,
+)
 
 LIST_BUDGET_SETTING = settings.SENSOR_LIST_BUDGET_SECONDS
 LIST_BUDGET_SECONDS = 20.0
+LIST_CONCURRENCY_SETTING = settings.SENSOR_LIST_CONCURRENCY
+MAX_LIST_CONCURRENCY = 32
+# Key ranges listed side by side are this many recorded versions long (about 5 pages):
+# short enough that a range listed ahead is whole by the time the sweep reaches it, long
+# enough that the request a range spends past its end (S3 lists no end key) stays cheap.
+RANGE_VERSIONS = 5_000
+SPLITS_PER_QUERY = 64
+RANGE_BUFFER_PAGES = 8  # pages a range lists ahead of the sweep, at most
 PAGE_SIZE = 1000  # objects per listing page: S3's ListObjectsV2 maximum
 REQUEST_LIMIT = 500
 SENSOR_RETRY_SECONDS = 30.0
@@ -101,16 +117,35 @@ class Discovery:
 
 def list_budget_seconds() -> float:
     """`CATALOG_SENSOR_LIST_BUDGET_SECONDS`: how long one tick lists and compares (20 s)."""
-    value = os.environ.get(LIST_BUDGET_SETTING)
-    if not value:
-        return LIST_BUDGET_SECONDS
-    try:
-        budget = float(value)
-    except ValueError:
-        raise ValueError(f"{LIST_BUDGET_SETTING}={value!r}: give a number of seconds") from None
-    if budget <= 0:
-        raise ValueError(f"{LIST_BUDGET_SETTING}={value!r}: the budget must be positive")
-    return budget
+    return settings.number_setting(
+        LIST_BUDGET_SETTING,
+        LIST_BUDGET_SECONDS,
+        float,
+        "give a number of seconds",
+        (lambda budget: budget > 0, "the budget must be positive"),
+    )
+
+
+def list_concurrency(bucket: Bucket) -> int:
+    """How many key ranges of `bucket` a sweep lists side by side:
+    `CATALOG_SENSOR_LIST_CONCURRENCY`, else the bucket's own: 4 on S3, where a page is
+    mostly waiting for the server; 1 on a local folder, whose listing is the sensor's own
+    CPU work (ranges side by side would only share it)."""
+    configured = configured_list_concurrency()
+    return bucket.list_concurrency if configured is None else configured
+
+
+def configured_list_concurrency() -> int | None:
+    """`CATALOG_SENSOR_LIST_CONCURRENCY` (1 to 32), None when unset."""
+    if not os.environ.get(LIST_CONCURRENCY_SETTING):
+        return None
+    return settings.number_setting(
+        LIST_CONCURRENCY_SETTING,
+        MAX_LIST_CONCURRENCY,  # not used: the setting is set
+        int,
+        "give a whole number of listings",
+        (lambda count: 1 <= count <= MAX_LIST_CONCURRENCY, f"give 1 to {MAX_LIST_CONCURRENCY}"),
+    )
 
 
 def discover(
@@ -126,13 +161,16 @@ def discover(
     request_limit: int = REQUEST_LIMIT,
     page_size: int = PAGE_SIZE,
     prefetch: bool = True,
+    concurrency: int | None = None,
     clock: Callable[[], float] | None = None,
 ) -> Discovery:
     """Sweep on from key `after` for versions not yet ingested, for `budget_seconds`.
 
     Without `has_partition`, every recorded version counts as seen; without
     `run_requested`, no run counts as requested. `scan_limit` (None: the budget decides)
-    caps the objects listed. A transient error of the bucket or the database is retried
+    caps the objects listed. `concurrency` (None: `list_concurrency`) key ranges are
+    listed side by side when there is no scan limit; they are compared in key order, as
+    one listing would deliver them. A transient error of the bucket or the database is retried
     within the tick's retry budget (30 s); past it the error is raised when nothing was
     handled yet, else the call returns what it found up to there (`error`)."""
     budget = list_budget_seconds() if budget_seconds is None else budget_seconds
@@ -149,9 +187,24 @@ def discover(
     )
     result = sweep.result
     result.next_after = after
-    # Without a scan limit the next page is listed while this one is compared and probed
+    # Without a scan limit the next pages are listed while this one is compared and probed
     # (on S3 the listing is mostly waiting for the server).
-    listing = _Listing(bucket, after, sweep.policy, prefetch and scan_limit is None)
+    ahead = prefetch and scan_limit is None
+    lanes = list_concurrency(bucket) if concurrency is None else concurrency
+    listing: _Listing | _RangeListing
+    if ahead and lanes > 1:
+        ranges = key_ranges(
+            after,
+            lambda low: retrying(
+                lambda: key_splits(engine, low, RANGE_VERSIONS, SPLITS_PER_QUERY),
+                "catalog database: key ranges",
+                sweep.policy,
+            ),
+            SPLITS_PER_QUERY,
+        )
+        listing = _RangeListing(bucket, ranges, sweep.policy, lanes, page_size)
+    else:
+        listing = _Listing(bucket, after, sweep.policy, ahead)
     try:
         _sweep_pages(sweep, listing, clock, deadline, scan_limit, request_limit, page_size)
     finally:
@@ -184,7 +237,7 @@ def _sweep_pages(
         except Exception as error:
             _stop_on(error, result)
             return
-        result.pages += 1
+        result.pages += 1 if page else 0
         result.scanned += len(page)
         for info in page:
             verdict = verdicts.get(info.key)
@@ -351,6 +404,123 @@ class _Listing:
         if page:
             self._after = page[-1].key
         return page, len(page) < size
+
+
+def key_ranges(
+    after: str, splits: Callable[[str], Sequence[str]], batch: int
+) -> Iterator[tuple[str, str | None]]:
+    """The key space after `after` cut into consecutive ranges (low, high], the last one
+    open (high None), at the keys `splits(low)` gives (the catalog's, `RANGE_VERSIONS`
+    recorded versions apart, `batch` at a time, asked for as the sweep gets to them).
+
+    The splits are put in S3's order (code points) and kept strictly increasing, as the
+    database's collation may order keys otherwise: whatever they are, the ranges cover
+    every key after `after` exactly once; only their balance depends on the splits."""
+    low = after
+    while True:
+        found, start = splits(low), low
+        for high in sorted(set(found)):
+            if high > low:
+                yield low, high
+                low = high
+        if len(found) < batch or low == start:  # no more splits, or none that moves on
+            yield low, None
+            return
+
+
+_END = object()  # a range's listing reached its end
+
+
+class _Range:
+    """One key range (low, high], listed by a pool thread into a queue of pages."""
+
+    def __init__(self, low: str, high: str | None) -> None:
+        self.low, self.high = low, high
+        self.pages: Queue = Queue(RANGE_BUFFER_PAGES)
+
+    def list(self, bucket: Bucket, policy: RetryPolicy, size: int, stop: threading.Event) -> None:
+        listing = _Listing(bucket, self.low, policy, prefetch=False)
+        try:
+            while not stop.is_set():
+                page, exhausted = listing.page(size)
+                if self.high is not None and page and page[-1].key > self.high:
+                    page = [info for info in page if info.key <= self.high]
+                    exhausted = True
+                if page and not self._put(page, stop):
+                    return
+                if exhausted:
+                    self._put(_END, stop)
+                    return
+        except BaseException as error:  # delivered to the sweep in key order
+            self._put(error, stop)
+
+    def _put(self, item: object, stop: threading.Event) -> bool:
+        """Queue `item`, waiting while the range is `RANGE_BUFFER_PAGES` ahead of the
+        sweep (a range of new objects only can be long); False when the listing stopped."""
+        while not stop.is_set():
+            try:
+                self.pages.put(item, timeout=0.2)
+                return True
+            except Full:
+                continue
+        return False
+
+
+class _RangeListing:
+    """The bucket after a key as consecutive key ranges listed side by side by
+    `concurrency` threads, delivered in key order: the pages of a range as it is listed,
+    then the next range's, already listed meanwhile. At most `2 × concurrency` ranges are
+    under way, each at most `RANGE_BUFFER_PAGES` ahead, so memory stays bounded however
+    far the sweep goes and however many new objects a range holds; a range's error
+    (after its retries) is raised when the sweep reaches it, as one listing's would be."""
+
+    def __init__(
+        self,
+        bucket: Bucket,
+        ranges: Iterator[tuple[str, str | None]],
+        policy: RetryPolicy,
+        concurrency: int,
+        page_size: int,
+    ) -> None:
+        self._bucket, self._ranges, self._policy = bucket, ranges, policy
+        self._size, self._in_flight = page_size, 2 * concurrency
+        self._stop = threading.Event()
+        self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="bucket-listing")
+        self._open: deque[_Range] = deque()
+        self._last = False  # the open range (high None) is under way
+        self._start_ranges()
+
+    def page(self, size: int) -> tuple[list[ObjectInfo], bool]:
+        """The next page in key order, and whether the listing reached the end (pages
+        are `page_size` long as the ranges list them; `size` is not used)."""
+        while self._open:
+            current = self._open[0]
+            item = current.pages.get()
+            if isinstance(item, list):
+                return item, False
+            if isinstance(item, BaseException):
+                current.pages.put(item)  # raised again if asked again
+                raise item
+            self._open.popleft()
+            self._start_ranges()
+        return [], True
+
+    def close(self) -> None:
+        """Stop listing (a request under way finishes, unused)."""
+        self._stop.set()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _start_ranges(self) -> None:
+        while not self._last and len(self._open) < self._in_flight:
+            try:
+                low, high = next(self._ranges)
+            except StopIteration:
+                self._last = True
+                return
+            listed = _Range(low, high)
+            self._last = high is None
+            self._open.append(listed)
+            self._pool.submit(listed.list, self._bucket, self._policy, self._size, self._stop)
 
 
 def sensor_retry_policy() -> RetryPolicy:

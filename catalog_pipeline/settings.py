@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import TypeVar
 
 from catalog_pipeline.core.bucket import DEFAULT_BUCKET_URL
 from catalog_pipeline.core.chunking import DEFAULT_CHUNK_BYTES
@@ -41,7 +43,11 @@ PLAYCOUNT_TIMEOUT_SECONDS = "PLAYCOUNT_TIMEOUT_SECONDS"
 # new_csv_objects_sensor: how long a tick lists and compares; partition_retention_job: after
 # how many days a settled object's `source_csvs` partition goes (0: never).
 SENSOR_LIST_BUDGET_SECONDS = "CATALOG_SENSOR_LIST_BUDGET_SECONDS"
+# new_csv_objects_sensor: how many key ranges of an S3 bucket it lists side by side.
+SENSOR_LIST_CONCURRENCY = "CATALOG_SENSOR_LIST_CONCURRENCY"
 PARTITION_RETENTION_DAYS = "CATALOG_PARTITION_RETENTION_DAYS"
+
+N = TypeVar("N", int, float)
 
 DEFAULTS = {BUCKET_URL: DEFAULT_BUCKET_URL, CHUNK_BYTES: str(DEFAULT_CHUNK_BYTES)}
 
@@ -49,3 +55,29 @@ DEFAULTS = {BUCKET_URL: DEFAULT_BUCKET_URL, CHUNK_BYTES: str(DEFAULT_CHUNK_BYTES
 def setting(name: str) -> str | None:
     """The environment's value, else the embedded default (None when there is none)."""
     return os.environ.get(name) or DEFAULTS.get(name)
+
+
+def number_setting(
+    name: str,
+    default: N,
+    kind: Callable[[str], N],
+    expected: str,
+    rule: tuple[Callable[[N], bool], str],
+    error: type[Exception] = ValueError,
+) -> N:
+    """A numeric setting: `default` when unset, else the value as `kind` parses it.
+
+    A value `kind` cannot parse is an `error` saying `expected` ("give a number of
+    seconds"); one that breaks `rule` (a test, and what it requires: "the budget must be
+    positive") is an `error` saying that. Both name the setting and quote its value."""
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise error(f"{name}={raw!r}: {expected}") from None
+    valid, requirement = rule
+    if not valid(value):
+        raise error(f"{name}={raw!r}: {requirement}")
+    return value

@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass
 
 from catalog_pipeline.core.alerts import redact_secrets
-from catalog_pipeline.settings import setting
+from catalog_pipeline.settings import number_setting, setting
 
 EXECUTOR = "CATALOG_EXECUTOR"
 BROKER_URL = "CATALOG_CELERY_BROKER_URL"
@@ -68,16 +68,14 @@ def executor_choice() -> str:
 
 
 def _seconds(name: str, default: int) -> int:
-    raw = setting(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise CelerySettingsError(f"{name}={raw!r} is not a whole number of seconds") from None
-    if value < 1:
-        raise CelerySettingsError(f"{name}={value} must be at least 1 second")
-    return value
+    return number_setting(
+        name,
+        default,
+        int,
+        "give a whole number of seconds",
+        (lambda value: value >= 1, "give at least 1 second"),
+        CelerySettingsError,
+    )
 
 
 @dataclass(frozen=True, slots=True)

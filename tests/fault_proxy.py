@@ -83,12 +83,20 @@ class _Window:
 class FaultProxy:
     """Forwards to `upstream_url` (an http:// endpoint) from `.url` on 127.0.0.1."""
 
-    def __init__(self, upstream_url: str, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        upstream_url: str,
+        timeout: float = 30.0,
+        latency: float = 0.0,
+        latency_match: Match | None = None,
+    ) -> None:
         upstream = urlsplit(upstream_url)
         if upstream.scheme != "http" or not upstream.hostname:
             raise ValueError(f"upstream {upstream_url!r}: give an http://HOST:PORT endpoint")
         self.upstream = (upstream.hostname, upstream.port or 80)
         self.timeout = timeout
+        # Seconds added to each forwarded request (`latency_match`: only those): a far server.
+        self.latency, self.latency_match = latency, latency_match
         self.counts: dict[str, int] = dict.fromkeys(KINDS, 0)
         self.requests = 0  # every request received, faulted or forwarded
         self.log: list[tuple[str, str, str | None, str | None]] = []  # method, target, range, fault
@@ -169,6 +177,11 @@ class FaultProxy:
                 if fault in _ERRORS:
                     self._send_error(*_ERRORS[fault])
                     return
+                if proxy.latency and (
+                    proxy.latency_match is None
+                    or proxy.latency_match(self.command, self.path, self.headers.get("Range"))
+                ):
+                    time.sleep(proxy.latency)
                 status, reason, headers, payload = self._upstream(body)
                 self.send_response(status, reason)
                 for name, value in headers:

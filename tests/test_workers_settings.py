@@ -50,10 +50,10 @@ def test_celery_needs_a_broker_and_whole_positive_timeouts(clean_environment):
         3600,
     )
     clean_environment.setenv(workers.VISIBILITY_TIMEOUT, "soon")
-    with pytest.raises(CelerySettingsError, match="'soon' is not a whole number of seconds"):
+    with pytest.raises(CelerySettingsError, match="='soon': give a whole number of seconds"):
         CelerySettings.from_environment()
     clean_environment.setenv(workers.VISIBILITY_TIMEOUT, "0")
-    with pytest.raises(CelerySettingsError, match="must be at least 1 second"):
+    with pytest.raises(CelerySettingsError, match="give at least 1 second"):
         CelerySettings.from_environment()
 
 

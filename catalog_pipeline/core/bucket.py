@@ -49,6 +49,9 @@ class ObjectMissingError(BucketError):
 
 class Bucket(Protocol):
     url: str
+    # Key ranges a sweep lists side by side unless told otherwise: 1 where listing is the
+    # caller's own CPU work (a folder), more where a page is mostly a server's latency.
+    list_concurrency: int
 
     def check(self) -> None:
         """Raise `BucketMissingError` when the bucket does not exist."""
@@ -100,6 +103,8 @@ class LocalBucket:
     are editors' and the system's files, `put`'s unfinished writes (`.<name>.tmp`) and
     the staged decompressed copies of compressed objects (`.<name>.<etag>.staged.csv`).
     """
+
+    list_concurrency = 1
 
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
@@ -233,6 +238,8 @@ class LocalBucket:
 
 class S3Bucket:
     """S3 or Cloudflare R2 (set `endpoint_url`). Reads use `IfMatch` on the planned ETag."""
+
+    list_concurrency = 4
 
     def __init__(
         self, bucket: str, prefix: str = "", endpoint_url: str | None = None, client=None, **options

@@ -10,7 +10,6 @@ it, whatever its age.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -55,18 +54,13 @@ class PartitionRetention:
 
 def retention_days() -> int:
     """`CATALOG_PARTITION_RETENTION_DAYS` (default 30; 0 turns partition retention off)."""
-    value = os.environ.get(RETENTION_DAYS_SETTING)
-    if not value:
-        return DEFAULT_RETENTION_DAYS
-    try:
-        days = int(value)
-    except ValueError:
-        raise ValueError(
-            f"{RETENTION_DAYS_SETTING}={value!r}: give a whole number of days (0 turns it off)"
-        ) from None
-    if days < 0:
-        raise ValueError(f"{RETENTION_DAYS_SETTING}={value!r}: days cannot be negative")
-    return days
+    return settings.number_setting(
+        RETENTION_DAYS_SETTING,
+        DEFAULT_RETENTION_DAYS,
+        int,
+        "give a whole number of days (0 turns it off)",
+        (lambda days: days >= 0, "days cannot be negative"),
+    )
 
 
 def _batches(keys: Sequence[str], size: int = BATCH_SIZE):
@@ -113,3 +107,28 @@ def newest_versions(engine: Engine, object_keys: Sequence[str]) -> dict[str, Ver
             ):
                 found[row.object_key] = VersionState(row.status, row.updated_at)
     return found
+
+
+def key_splits(engine: Engine, after: str, every: int, limit: int) -> list[str]:
+    """Up to `limit` recorded object keys after `after`, `every` recorded versions apart:
+    where the sensor cuts the bucket's key space into ranges it lists side by side.
+
+    Only the balance of the ranges depends on them: the keys come in the database's
+    collation, which need not be S3's byte order, so the caller orders them itself. One
+    index scan of `limit × every` entries at most."""
+    numbered = (
+        select(
+            source_files.c.object_key,
+            func.row_number().over(order_by=source_files.c.object_key).label("n"),
+        )
+        .where(source_files.c.object_key > after)
+        .subquery()
+    )
+    query = (
+        select(numbered.c.object_key)
+        .where(numbered.c.n % every == 0)
+        .order_by(numbered.c.n)
+        .limit(limit)
+    )
+    with engine.connect() as connection:
+        return list(connection.scalars(query))

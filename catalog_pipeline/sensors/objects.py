@@ -80,6 +80,7 @@ def build_new_csv_objects_sensor(
         minimum_interval_seconds = int(os.environ.get(INTERVAL_SETTING) or 30)
     if list_budget_seconds is None:
         list_budget_seconds = discovery.list_budget_seconds()
+    discovery.configured_list_concurrency()  # a bad value fails the code location's load
     budget = list_budget_seconds
 
     @dg.sensor(
