@@ -7,6 +7,7 @@ Materialize and backfills (`__ASSET_JOB`), `catalog_ingest_job`, the sensor's ru
 from __future__ import annotations
 
 import os
+import re
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
@@ -41,7 +42,11 @@ def run_failure_reason(instance: dg.DagsterInstance, run_id: str, fallback: str)
     """The root cause of a run's failure: the first failed step's own description (our
     steps raise `Failure` with it) or its innermost error, never Dagster's wrapper; for a
     step whose process died (SIGKILL, out of memory) the executor's explanation; the
-    run-level message (cancelled, worker lost) when no step failed."""
+    run-level message (cancelled, worker lost) when no step failed. A run that run
+    monitoring stopped past its maximum runtime says so, whatever its interrupted steps
+    reported."""
+    if (timed_out := _max_runtime_reason(instance, run_id)) is not None:
+        return timed_out
     failed_steps = instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_FAILURE)
     reasons = [_step_reason(instance, run_id, entry) for entry in failed_steps]
     if not reasons:
@@ -66,6 +71,20 @@ def _step_reason(instance: dg.DagsterInstance, run_id: str, entry) -> str:
 # Engine events that say why a run ended without a step failing: the code server saw its
 # run worker die, or run monitoring found it gone.
 _WORKER_DEATH = ("terminated by signal", "exited with code", "Detected run worker status")
+
+
+def _max_runtime_reason(instance: dg.DagsterInstance, run_id: str) -> str | None:
+    """Run monitoring cancels a run past its maximum runtime (`dagster/max_runtime`, else
+    the instance's `run_monitoring.max_runtime_seconds`) with "Canceling due to exceeding
+    maximum runtime of N seconds." first; then its steps fail as interrupted."""
+    for entry in instance.all_logs(run_id, of_type=dg.DagsterEventType.RUN_CANCELING):
+        found = re.search(r"maximum runtime of (\d+) seconds", entry.dagster_event.message or "")
+        if found:
+            return (
+                f"the run exceeded its maximum runtime of {int(found.group(1)):,} s and run "
+                "monitoring stopped it (a `dagster/max_runtime` tag on the run allows more)"
+            )
+    return None
 
 
 def _run_level_reason(instance: dg.DagsterInstance, run_id: str) -> str | None:

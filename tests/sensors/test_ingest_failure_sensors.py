@@ -12,6 +12,8 @@ import time
 
 import dagster as dg
 import pytest
+from dagster._core.execution.plan.objects import StepFailureData
+from dagster._utils.error import SerializableErrorInfo
 from sqlalchemy import select
 
 from catalog_pipeline.core.samples import sample_csv
@@ -167,4 +169,61 @@ def test_a_run_failed_by_the_celery_engine_reports_the_steps_own_error():
         assert run_failure_reason(instance, run.run_id, "fallback") == (
             "[catalog_ingest.process_chunk[chunk_00000]]: billiard.exceptions.WorkerLostError: "
             "Worker exited prematurely: signal 9 (SIGKILL)"
+        )
+
+
+@pytest.mark.parametrize("config", ["dagster.yaml", "deploy/dagster.yaml"])
+def test_a_run_past_its_maximum_runtime_fails_with_that_reason(tmp_path, config):
+    """Run monitoring's backstop, as the daemon applies it: the instance's maximum runtime
+    (6 h), overridden by a run's `dagster/max_runtime` tag; the run ends failed and the
+    reason is the runtime, not the interrupted steps it leaves behind."""
+    import logging
+
+    from dagster._core.events import DagsterEvent, DagsterEventType
+    from dagster._core.test_utils import create_run_for_test
+    from dagster._daemon.monitoring.run_monitoring import check_run_timeout
+
+    from catalog_pipeline.sensors.failures import run_failure_reason
+    from tests.test_end_to_end import REPO
+
+    home = tmp_path / "home"
+    home.mkdir()
+    text = (REPO / config).read_text()
+    # Only the run-monitoring settings: the deployment's storage is PostgreSQL.
+    start = text.index("run_monitoring:")
+    end = text.index("\n\n", start)
+    (home / "dagster.yaml").write_text(text[start:end] + "\n")
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert instance.run_monitoring_max_runtime_seconds == 6 * 3600
+        run = create_run_for_test(
+            instance, job_name="catalog_ingest_job", tags={"dagster/max_runtime": "1"}
+        )
+        instance.report_dagster_event(
+            DagsterEvent(DagsterEventType.RUN_START.value, job_name=run.job_name),
+            run_id=run.run_id,
+        )
+        instance.report_dagster_event(  # what a step interrupted by the termination leaves
+            DagsterEvent(
+                DagsterEventType.STEP_FAILURE.value,
+                job_name=run.job_name,
+                step_key="catalog_ingest.process_chunk[chunk_00000]",
+                event_specific_data=StepFailureData(
+                    error=SerializableErrorInfo(
+                        "DagsterExecutionInterruptedError\n", [], "DagsterExecutionInterruptedError"
+                    ),
+                    user_failure_data=None,
+                ),
+            ),
+            run_id=run.run_id,
+        )
+        record = instance.get_run_record_by_id(run.run_id)
+        check_run_timeout(instance, record, logging.getLogger(__name__), 6 * 3600)
+        assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.STARTED
+        time.sleep(1.2)
+        record = instance.get_run_record_by_id(run.run_id)
+        check_run_timeout(instance, record, logging.getLogger(__name__), 6 * 3600)
+        assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE
+        assert run_failure_reason(instance, run.run_id, "fallback") == (
+            "the run exceeded its maximum runtime of 1 s and run monitoring stopped it "
+            "(a `dagster/max_runtime` tag on the run allows more)"
         )
