@@ -52,7 +52,10 @@ from catalog_pipeline.db.engine import make_engine, upgrade  # noqa: E402
 from catalog_pipeline.db.tables import source_files  # noqa: E402
 from catalog_pipeline.definitions import build_definitions  # noqa: E402
 from catalog_pipeline.resources.catalog import BucketResource, CatalogDatabase  # noqa: E402
-from catalog_pipeline.sensors.objects import build_new_csv_objects_sensor  # noqa: E402
+from catalog_pipeline.sensors.objects import (  # noqa: E402
+    SweepCursor,
+    build_new_csv_objects_sensor,
+)
 
 BODY = b"sku,name,url\nA-1,Tent,https://shop.example.com/a\n"
 TARGET_OBJECTS = 1_000_000
@@ -183,7 +186,7 @@ def sweep(instance, resources: dict, budget: float, max_ticks: int = 10_000) -> 
             }
         )
         cursor = data.cursor
-        if json.loads(cursor)["after"] == "":
+        if SweepCursor.parse(cursor).new_sweep:
             break
     seconds = sum(tick["seconds"] for tick in ticks)
     listed = sum(tick["listed"] for tick in ticks)

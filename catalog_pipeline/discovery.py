@@ -31,11 +31,10 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Collection, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from queue import Full, Queue
+from queue import Queue
 
 from sqlalchemy import Engine
 
@@ -58,6 +57,7 @@ from catalog_pipeline.db.partitions import (
     PartitionRetention,
     VersionState,
     key_splits,
+    recorded_versions,
     version_states,
 )
 
@@ -65,12 +65,10 @@ LIST_BUDGET_SETTING = settings.SENSOR_LIST_BUDGET_SECONDS
 LIST_BUDGET_SECONDS = 20.0
 LIST_CONCURRENCY_SETTING = settings.SENSOR_LIST_CONCURRENCY
 MAX_LIST_CONCURRENCY = 32
-# Key ranges listed side by side are this many recorded versions long (about 5 pages):
-# short enough that a range listed ahead is whole by the time the sweep reaches it, long
-# enough that the request a range spends past its end (S3 lists no end key) stays cheap.
-RANGE_VERSIONS = 5_000
-SPLITS_PER_QUERY = 64
-RANGE_BUFFER_PAGES = 8  # pages a range lists ahead of the sweep, at most
+# A sweep is cut into lanes only over a catalog of at least this many recorded versions a
+# lane (a smaller bucket is listed in a few pages: one lane does).
+MIN_LANE_VERSIONS = 2_000
+LANE_PAGES_AHEAD = 1  # pages a lane lists ahead of the comparison, at most
 PAGE_SIZE = 1000  # objects per listing page: S3's ListObjectsV2 maximum
 REQUEST_LIMIT = 500
 SENSOR_RETRY_SECONDS = 30.0
@@ -96,16 +94,22 @@ class Rejection:
     reason: str
 
 
+# A lane of a sweep: the keys after [0] up to and including [1] (None: to the end).
+Lane = tuple[str, str | None]
+
+
 @dataclass(slots=True)
 class Discovery:
-    """What one call found, and where the next one resumes ('' = a new sweep)."""
+    """What one call found, and where the next one resumes (`lanes`)."""
 
     new: list[ObjectInfo] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (key, error) to retry later
     scanned: int = 0  # objects listed
     handled: int = 0  # objects listed and settled: the next call starts after them
-    next_after: str = ""
+    # The sweep's lanes still to go, each (after, until]: the next call lists after the
+    # last key this one handled in each; [] when the sweep is complete.
+    lanes: list[Lane] = field(default_factory=list)
     pages: int = 0
     seen: int = 0  # recorded versions whose partition exists
     retired: int = 0  # recorded versions past partition retention
@@ -113,6 +117,16 @@ class Discovery:
     stopped_by: str = END
     error: str | None = None  # the transient error that stopped the call early
     seconds: float = 0.0
+
+    @property
+    def complete(self) -> bool:
+        """The sweep reached the end of every lane: the next call starts a new one."""
+        return not self.lanes
+
+    @property
+    def next_after(self) -> str:
+        """Where the first lane still to go resumes ('' once the sweep is complete)."""
+        return self.lanes[0][0] if self.lanes else ""
 
 
 def list_budget_seconds() -> float:
@@ -127,7 +141,7 @@ def list_budget_seconds() -> float:
 
 
 def list_concurrency(bucket: Bucket) -> int:
-    """How many key ranges of `bucket` a sweep lists side by side:
+    """How many lanes of `bucket` a new sweep lists side by side:
     `CATALOG_SENSOR_LIST_CONCURRENCY`, else the bucket's own: 4 on S3, where a page is
     mostly waiting for the server; 1 on a local folder, whose listing is the sensor's own
     CPU work (ranges side by side would only share it)."""
@@ -154,6 +168,7 @@ def discover(
     after: str,
     has_partition: PartitionLookup | None = None,
     *,
+    lanes: Sequence[Lane] | None = None,
     run_requested: RunLookup | None = None,
     retention: PartitionRetention | None = None,
     budget_seconds: float | None = None,
@@ -168,11 +183,15 @@ def discover(
 
     Without `has_partition`, every recorded version counts as seen; without
     `run_requested`, no run counts as requested. `scan_limit` (None: the budget decides)
-    caps the objects listed. `concurrency` (None: `list_concurrency`) key ranges are
-    listed side by side when there is no scan limit; they are compared in key order, as
-    one listing would deliver them. A transient error of the bucket or the database is retried
-    within the tick's retry budget (30 s); past it the error is raised when nothing was
-    handled yet, else the call returns what it found up to there (`error`)."""
+    caps the objects listed.
+
+    `lanes` (from the previous call's `lanes`) resume a sweep cut into lanes; without
+    them the sweep goes on after `after`, and a new one (`after` '') is cut into
+    `concurrency` lanes (None: `list_concurrency`) at the catalog's recorded keys when
+    there is no scan limit. Lanes are listed side by side, each in key order, and their
+    pages compared as they come. A transient error of the bucket or the database is
+    retried within the tick's retry budget (30 s); past it the error is raised when
+    nothing was handled yet, else the call returns what it found up to there (`error`)."""
     budget = list_budget_seconds() if budget_seconds is None else budget_seconds
     clock = clock or time.monotonic
     started = clock()
@@ -186,53 +205,52 @@ def discover(
         sensor_retry_policy(),
     )
     result = sweep.result
-    result.next_after = after
-    # Without a scan limit the next pages are listed while this one is compared and probed
-    # (on S3 the listing is mostly waiting for the server).
     ahead = prefetch and scan_limit is None
-    lanes = list_concurrency(bucket) if concurrency is None else concurrency
-    listing: _Listing | _RangeListing
-    if ahead and lanes > 1:
-        ranges = key_ranges(
-            after,
-            lambda low: retrying(
-                lambda: key_splits(engine, low, RANGE_VERSIONS, SPLITS_PER_QUERY),
-                "catalog database: key ranges",
-                sweep.policy,
-            ),
-            SPLITS_PER_QUERY,
-        )
-        listing = _RangeListing(bucket, ranges, sweep.policy, lanes, page_size)
-    else:
-        listing = _Listing(bucket, after, sweep.policy, ahead)
+    if lanes is None:
+        count = list_concurrency(bucket) if concurrency is None else concurrency
+        lanes = sweep_lanes(engine, count, sweep.policy) if not after and ahead else []
+        lanes = lanes or [(after, None)]
+    # Without a scan limit each lane lists its next pages while a page is compared and
+    # probed (on S3 the listing is mostly waiting for the server).
+    listing = _LaneListing(bucket, lanes, sweep.policy, page_size, ahead)
+    progress = [low for low, _ in lanes]  # the last key handled in each lane
     try:
-        _sweep_pages(sweep, listing, clock, deadline, scan_limit, request_limit, page_size)
+        _sweep_pages(sweep, listing, progress, clock, deadline, scan_limit, request_limit)
     finally:
         listing.close()
+        result.lanes = [
+            (progress[index], high)
+            for index, (_, high) in enumerate(lanes)
+            if not listing.finished[index]
+        ]
     result.seconds = clock() - started
     return result
 
 
 def _sweep_pages(
     sweep: _Sweep,
-    listing: _Listing,
+    listing: _LaneListing,
+    progress: list[str],
     clock: Callable[[], float],
     deadline: float,
     scan_limit: int | None,
     request_limit: int,
-    page_size: int,
 ) -> None:
     result = sweep.result
     while True:
         if result.handled and clock() >= deadline:
             result.stopped_by = BUDGET
             return
-        size = page_size if scan_limit is None else min(page_size, scan_limit - result.scanned)
-        if size <= 0:
+        size = None if scan_limit is None else scan_limit - result.scanned
+        if size is not None and size <= 0:
             result.stopped_by = SCANNED
             return
         try:
-            page, exhausted = listing.page(size)
+            taken = listing.page(size)
+            if taken is None:
+                result.stopped_by = END
+                return
+            lane, page = taken
             verdicts = sweep.compare(page)
         except Exception as error:
             _stop_on(error, result)
@@ -245,21 +263,18 @@ def _sweep_pages(
                 sweep.count(verdict)
             elif len(result.new) + len(result.rejected) >= request_limit:
                 result.stopped_by = REQUESTS
-                return
             elif result.handled and clock() >= deadline:
                 result.stopped_by = BUDGET
-                return
             else:
                 try:
                     sweep.classify(info, verdict)
                 except Exception as error:
                     _stop_on(error, result)
-                    return
-            result.next_after = info.key
+            if result.stopped_by != END:  # this object and the rest of the page: next call
+                listing.unfinish(lane)
+                return
+            progress[lane] = info.key
             result.handled += 1
-        if exhausted:
-            result.next_after, result.stopped_by = "", END
-            return
 
 
 def _stop_on(error: Exception, result: Discovery) -> None:
@@ -358,35 +373,15 @@ class _Sweep:
 
 class _Listing:
     """The bucket's objects after a key, a page at a time from one listing; a transient
-    error lists again after the last key of the last page delivered. With `prefetch`, the
-    next page is listed in a thread while the caller works on the one it has (one thread
-    touches the listing at a time: `page` waits for it first)."""
+    error is retried (within the policy) by listing again after the last key of the last
+    page delivered."""
 
-    def __init__(self, bucket: Bucket, after: str, policy: RetryPolicy, prefetch: bool) -> None:
+    def __init__(self, bucket: Bucket, after: str, policy: RetryPolicy) -> None:
         self._bucket, self._after, self._policy = bucket, after, policy
         self._objects: Iterator[ObjectInfo] | None = None
-        self._pool = (
-            ThreadPoolExecutor(1, thread_name_prefix="bucket-listing") if prefetch else None
-        )
-        self._ahead: Future | None = None
 
     def page(self, size: int) -> tuple[list[ObjectInfo], bool]:
         """Up to `size` objects, and whether the listing reached the end."""
-        if self._ahead is not None:
-            ahead, self._ahead = self._ahead, None
-            page, exhausted = ahead.result()
-        else:
-            page, exhausted = self._fetch(size)
-        if self._pool is not None and not exhausted:
-            self._ahead = self._pool.submit(self._fetch, size)
-        return page, exhausted
-
-    def close(self) -> None:
-        """Stop listing ahead (a page still being listed is left to finish, unused)."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-
-    def _fetch(self, size: int) -> tuple[list[ObjectInfo], bool]:
         return retrying(lambda: self._next(size), f"listing {self._bucket.url}", self._policy)
 
     def _next(self, size: int) -> tuple[list[ObjectInfo], bool]:
@@ -406,121 +401,116 @@ class _Listing:
         return page, len(page) < size
 
 
-def key_ranges(
-    after: str, splits: Callable[[str], Sequence[str]], batch: int
-) -> Iterator[tuple[str, str | None]]:
-    """The key space after `after` cut into consecutive ranges (low, high], the last one
-    open (high None), at the keys `splits(low)` gives (the catalog's, `RANGE_VERSIONS`
-    recorded versions apart, `batch` at a time, asked for as the sweep gets to them).
-
-    The splits are put in S3's order (code points) and kept strictly increasing, as the
-    database's collation may order keys otherwise: whatever they are, the ranges cover
-    every key after `after` exactly once; only their balance depends on the splits."""
-    low = after
-    while True:
-        found, start = splits(low), low
-        for high in sorted(set(found)):
-            if high > low:
-                yield low, high
-                low = high
-        if len(found) < batch or low == start:  # no more splits, or none that moves on
-            yield low, None
-            return
+def sweep_lanes(engine: Engine, count: int, policy: RetryPolicy) -> list[Lane]:
+    """A new sweep's lanes: the key space cut into `count` lanes holding as many of the
+    catalog's recorded versions each, or one lane when the catalog has too few (fewer
+    than `MIN_LANE_VERSIONS` a lane). The cuts are put in S3's order (code points) and
+    kept strictly increasing, as the database's collation may order keys otherwise:
+    whatever they are, the lanes cover every key exactly once."""
+    if count <= 1:
+        return [("", None)]
+    total = retrying(lambda: recorded_versions(engine), "catalog database: versions", policy)
+    if total < count * MIN_LANE_VERSIONS:
+        return [("", None)]
+    every = -(-total // count)
+    found = retrying(
+        lambda: key_splits(engine, "", every, count - 1), "catalog database: lanes", policy
+    )
+    return lanes_between(sorted({key for key in found if key}))
 
 
-_END = object()  # a range's listing reached its end
+def lanes_between(cuts: Sequence[str]) -> list[Lane]:
+    """Lanes from strictly increasing, non-empty cut keys: ('', c1], (c1, c2], … (cn, end)."""
+    bounds = ["", *cuts]
+    return [(low, high) for low, high in zip(bounds, [*cuts, None], strict=True)]
 
 
-class _Range:
-    """One key range (low, high], listed by a pool thread into a queue of pages."""
-
-    def __init__(self, low: str, high: str | None) -> None:
-        self.low, self.high = low, high
-        self.pages: Queue = Queue(RANGE_BUFFER_PAGES)
-
-    def list(self, bucket: Bucket, policy: RetryPolicy, size: int, stop: threading.Event) -> None:
-        listing = _Listing(bucket, self.low, policy, prefetch=False)
-        try:
-            while not stop.is_set():
-                page, exhausted = listing.page(size)
-                if self.high is not None and page and page[-1].key > self.high:
-                    page = [info for info in page if info.key <= self.high]
-                    exhausted = True
-                if page and not self._put(page, stop):
-                    return
-                if exhausted:
-                    self._put(_END, stop)
-                    return
-        except BaseException as error:  # delivered to the sweep in key order
-            self._put(error, stop)
-
-    def _put(self, item: object, stop: threading.Event) -> bool:
-        """Queue `item`, waiting while the range is `RANGE_BUFFER_PAGES` ahead of the
-        sweep (a range of new objects only can be long); False when the listing stopped."""
-        while not stop.is_set():
-            try:
-                self.pages.put(item, timeout=0.2)
-                return True
-            except Full:
-                continue
-        return False
+_END = object()  # a lane's listing reached its end
 
 
-class _RangeListing:
-    """The bucket after a key as consecutive key ranges listed side by side by
-    `concurrency` threads, delivered in key order: the pages of a range as it is listed,
-    then the next range's, already listed meanwhile. At most `2 × concurrency` ranges are
-    under way, each at most `RANGE_BUFFER_PAGES` ahead, so memory stays bounded however
-    far the sweep goes and however many new objects a range holds; a range's error
-    (after its retries) is raised when the sweep reaches it, as one listing's would be."""
+class _LaneListing:
+    """The sweep's lanes, listed each by a thread of its own (`ahead`), at most
+    `LANE_PAGES_AHEAD` pages ahead of the comparison, their pages taken as they come;
+    or one lane after the other, a page when asked (no `ahead`: exact for a scan limit).
+    A lane's error (after its retries) is raised when its page is taken."""
 
     def __init__(
         self,
         bucket: Bucket,
-        ranges: Iterator[tuple[str, str | None]],
+        lanes: Sequence[Lane],
         policy: RetryPolicy,
-        concurrency: int,
         page_size: int,
+        ahead: bool,
     ) -> None:
-        self._bucket, self._ranges, self._policy = bucket, ranges, policy
-        self._size, self._in_flight = page_size, 2 * concurrency
+        self._lanes = [_Lane(_Listing(bucket, low, policy), high) for low, high in lanes]
+        self._size = page_size
+        self.finished = [False] * len(lanes)
+        self._taken: Queue = Queue()
         self._stop = threading.Event()
-        self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="bucket-listing")
-        self._open: deque[_Range] = deque()
-        self._last = False  # the open range (high None) is under way
-        self._start_ranges()
+        self._pool: ThreadPoolExecutor | None = None
+        if ahead:
+            self._pool = ThreadPoolExecutor(len(lanes), thread_name_prefix="bucket-listing")
+            for index, lane in enumerate(self._lanes):
+                self._pool.submit(lane.run, index, page_size, self._taken, self._stop)
 
-    def page(self, size: int) -> tuple[list[ObjectInfo], bool]:
-        """The next page in key order, and whether the listing reached the end (pages
-        are `page_size` long as the ranges list them; `size` is not used)."""
-        while self._open:
-            current = self._open[0]
-            item = current.pages.get()
-            if isinstance(item, list):
-                return item, False
-            if isinstance(item, BaseException):
-                current.pages.put(item)  # raised again if asked again
-                raise item
-            self._open.popleft()
-            self._start_ranges()
-        return [], True
+    def page(self, size: int | None) -> tuple[int, list[ObjectInfo]] | None:
+        """(lane, its next page), the lane marked finished when the page is its last; None
+        when every lane is. `size` caps the page (only without `ahead`)."""
+        while not all(self.finished):
+            if self._pool is None:
+                index = self.finished.index(False)
+                page, last = self._lanes[index].next(min(size or self._size, self._size))
+            else:
+                index, item = self._taken.get()
+                if isinstance(item, BaseException):
+                    self._taken.put((index, item))  # raised again if asked again
+                    raise item
+                page, last = item
+                self._lanes[index].slots.release()
+            self.finished[index] = last
+            if page or last:
+                return index, page
+        return None
+
+    def unfinish(self, index: int) -> None:
+        """The page taken from lane `index` was not wholly handled: the lane goes on."""
+        self.finished[index] = False
 
     def close(self) -> None:
         """Stop listing (a request under way finishes, unused)."""
         self._stop.set()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
 
-    def _start_ranges(self) -> None:
-        while not self._last and len(self._open) < self._in_flight:
+
+class _Lane:
+    """One lane's listing: pages of keys after its start, up to its end (`high`)."""
+
+    def __init__(self, listing: _Listing, high: str | None) -> None:
+        self._listing, self._high = listing, high
+        self.slots = threading.Semaphore(LANE_PAGES_AHEAD)
+
+    def next(self, size: int) -> tuple[list[ObjectInfo], bool]:
+        """The lane's next page and whether it is the lane's last."""
+        page, exhausted = self._listing.page(size)
+        if self._high is not None and page and page[-1].key > self._high:
+            page = [info for info in page if info.key <= self._high]
+            exhausted = True
+        return page, exhausted
+
+    def run(self, index: int, size: int, taken: Queue, stop: threading.Event) -> None:
+        """List the lane into `taken`, waiting while `LANE_PAGES_AHEAD` pages are not yet
+        taken, until its end or `stop`."""
+        last = False
+        while not last and not stop.is_set():
+            if not self.slots.acquire(timeout=0.2):
+                continue
             try:
-                low, high = next(self._ranges)
-            except StopIteration:
-                self._last = True
+                page, last = self.next(size)
+            except BaseException as error:  # delivered to the sweep when it gets there
+                taken.put((index, error))
                 return
-            listed = _Range(low, high)
-            self._last = high is None
-            self._open.append(listed)
-            self._pool.submit(listed.list, self._bucket, self._policy, self._size, self._stop)
+            taken.put((index, (page, last)))
 
 
 def sensor_retry_policy() -> RetryPolicy:

@@ -170,6 +170,11 @@ class FaultProxy:
 
             def _forward(self) -> None:
                 body = self._read_body()
+                if proxy.latency and (
+                    proxy.latency_match is None
+                    or proxy.latency_match(self.command, self.path, self.headers.get("Range"))
+                ):
+                    time.sleep(proxy.latency)  # before any fault: a far server fails late
                 fault = proxy._fault_for(self.command, self.path, self.headers.get("Range"))
                 if fault == "drop":
                     self.close_connection = True  # the socket closes with no answer at all
@@ -177,11 +182,6 @@ class FaultProxy:
                 if fault in _ERRORS:
                     self._send_error(*_ERRORS[fault])
                     return
-                if proxy.latency and (
-                    proxy.latency_match is None
-                    or proxy.latency_match(self.command, self.path, self.headers.get("Range"))
-                ):
-                    time.sleep(proxy.latency)
                 status, reason, headers, payload = self._upstream(body)
                 self.send_response(status, reason)
                 for name, value in headers:

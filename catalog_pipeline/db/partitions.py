@@ -109,11 +109,17 @@ def newest_versions(engine: Engine, object_keys: Sequence[str]) -> dict[str, Ver
     return found
 
 
+def recorded_versions(engine: Engine) -> int:
+    """How many object versions `source_files` records."""
+    with engine.connect() as connection:
+        return connection.scalar(select(func.count()).select_from(source_files)) or 0
+
+
 def key_splits(engine: Engine, after: str, every: int, limit: int) -> list[str]:
     """Up to `limit` recorded object keys after `after`, `every` recorded versions apart:
-    where the sensor cuts the bucket's key space into ranges it lists side by side.
+    where the sensor cuts the bucket's key space into lanes it lists side by side.
 
-    Only the balance of the ranges depends on them: the keys come in the database's
+    Only the balance of the lanes depends on them: the keys come in the database's
     collation, which need not be S3's byte order, so the caller orders them itself. One
     index scan of `limit × every` entries at most."""
     numbered = (

@@ -31,8 +31,12 @@ RUN_KEY_BATCH = 500
 
 @dataclass(frozen=True, slots=True)
 class SweepCursor:
-    """The sensor's cursor, JSON: the key to list after (`""`: the start of a new sweep),
-    and when the current sweep started and how many objects it handled so far.
+    """The sensor's cursor, JSON: where the sweep resumes, and when the current sweep
+    started and how many objects it handled so far.
+
+    A sweep in one lane is the key to list after (`after`; `""` with no `lanes`: a new
+    sweep starts); a sweep cut into lanes (an S3 bucket, `CATALOG_SENSOR_LIST_CONCURRENCY`)
+    is its lanes still to go, each [after, until] (until null: to the end).
 
     Never the empty string: Dagster keeps the previous cursor when a sensor returns ""
     (it only stores a truthy one), so a sweep that ended would never start again from the
@@ -41,6 +45,7 @@ class SweepCursor:
     after: str = ""
     started: float | None = None  # UNIX time of the sweep's first tick
     handled: int = 0
+    lanes: tuple[discovery.Lane, ...] = ()
 
     @classmethod
     def parse(cls, cursor: str | None) -> "SweepCursor":
@@ -52,10 +57,29 @@ class SweepCursor:
             return cls(cursor)
         if not isinstance(value, dict):
             return cls(cursor)
-        return cls(str(value.get("after") or ""), value.get("started"), value.get("handled", 0))
+        lanes = tuple((str(low), high) for low, high in value.get("lanes") or ())
+        return cls(
+            str(value.get("after") or ""), value.get("started"), value.get("handled", 0), lanes
+        )
+
+    @classmethod
+    def resume(cls, found: discovery.Discovery, started: float, handled: int) -> "SweepCursor":
+        """Where the next tick goes on after `found` (a new sweep once it is complete)."""
+        if found.complete:
+            return cls()
+        if len(found.lanes) == 1 and found.lanes[0][1] is None:
+            return cls(found.lanes[0][0], started, handled)
+        return cls(found.next_after, started, handled, tuple(found.lanes))
+
+    @property
+    def new_sweep(self) -> bool:
+        return not self.after and not self.lanes
 
     def dumps(self) -> str:
-        return json.dumps({"after": self.after, "started": self.started, "handled": self.handled})
+        value: dict = {"after": self.after, "started": self.started, "handled": self.handled}
+        if self.lanes:
+            value["lanes"] = [list(lane) for lane in self.lanes]
+        return json.dumps(value)
 
 
 def run_key(partition_key: str, etag: str) -> str:
@@ -108,6 +132,7 @@ def build_new_csv_objects_sensor(
                 catalog_db.engine(),
                 cursor.after,
                 lambda infos: objects_with_partitions(instance, [i.key for i in infos]),
+                lanes=cursor.lanes or None,
                 run_requested=lambda infos: requested_versions(instance, name, infos),
                 retention=PartitionRetention.from_days(retention_days(), datetime.now(UTC)),
                 budget_seconds=budget,
@@ -135,18 +160,16 @@ def build_new_csv_objects_sensor(
         new_partitions = sorted(
             partition_key_for(key) for key in wanted - objects_with_partitions(instance, wanted)
         )
-        context.log.info(_summary(found, cursor.after, len(requests)))
+        context.log.info(_summary(found, cursor, len(requests)))
         if found.error:
             context.log.warning(f"stopped early, after {found.next_after!r}: {found.error}")
         started = cursor.started if cursor.started is not None else tick_started
         handled = cursor.handled + found.handled
-        if found.next_after:
-            after = SweepCursor(found.next_after, started, handled)
-        else:
+        after = SweepCursor.resume(found, started, handled)
+        if found.complete:
             context.log.info(
                 f"sweep complete: {handled:,} objects in {time.time() - started:,.1f} s"
             )
-            after = SweepCursor()
         return dg.SensorResult(
             run_requests=requests,
             cursor=after.dumps(),
@@ -174,14 +197,18 @@ def _run_request(info: ObjectInfo) -> dg.RunRequest:
     )
 
 
-def _summary(found: discovery.Discovery, after: str, requested: int) -> str:
-    where = (
-        "the end: the next tick starts a new sweep"
-        if not found.next_after
-        else (repr(found.next_after))
-    )
+def _summary(found: discovery.Discovery, cursor: SweepCursor, requested: int) -> str:
+    if found.complete:
+        where = "the end: the next tick starts a new sweep"
+    elif len(found.lanes) > 1:
+        where = f"{found.next_after!r} and {len(found.lanes) - 1} more lanes"
+    else:
+        where = repr(found.next_after)
+    start = cursor.after or "(start)"
+    if len(cursor.lanes) > 1:
+        start = f"{cursor.lanes[0][0] or '(start)'} and {len(cursor.lanes) - 1} more lanes"
     return (
-        f"listed {found.scanned:,} objects after {after or '(start)'!r} in {found.pages} "
+        f"listed {found.scanned:,} objects after {start!r} in {found.pages} "
         f"pages, {found.seconds:.1f} s: {requested} to ingest, {len(found.rejected)} rejected, "
         f"{found.seen + found.retired:,} already in the catalog ({found.retired:,} with retired "
         f"partitions), {found.pending} with a run already requested; stopped by "

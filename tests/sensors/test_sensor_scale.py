@@ -31,6 +31,7 @@ from catalog_pipeline.sensors.objects import (
     OBJECT_KEY_TAG,
     RUN_KEY_TAG,
     SENSOR_NAME_TAG,
+    SweepCursor,
     build_new_csv_objects_sensor,
 )
 
@@ -132,7 +133,7 @@ class Daemon:
         results = []
         while len(results) < max_ticks:
             results.append(self.tick(launch))
-            if after(results[-1].cursor) == "":
+            if SweepCursor.parse(results[-1].cursor).new_sweep:
                 return results
         raise AssertionError(f"no full sweep in {max_ticks} ticks")
 
