@@ -348,7 +348,7 @@ def bucket_phase(
 def ranges_phase(
     instance, resources: dict, budget: float, endpoint: str, ranges: tuple[list[int], list[float]]
 ) -> list[dict]:
-    """The `known_live` sweep of the S3 bucket with key ranges listed side by side
+    """The `known_live` sweep of the S3 bucket in lanes listed side by side
     (`CATALOG_SENSOR_LIST_CONCURRENCY`), straight to moto and through a loopback proxy
     that delays every listing request by `latency` seconds: a far bucket, as R2 or S3 is
     from a data centre's sensor daemon, whose page latency, unlike moto's, does not grow
@@ -364,7 +364,7 @@ def ranges_phase(
             url = resources["bucket"].url
             far = {**resources, "bucket": CountingBucketResource(url=url, endpoint_url=proxy.url)}
             for concurrency in concurrencies:
-                print(f"s3: sweep, {latency:g} s added a page, {concurrency} ranges", flush=True)
+                print(f"s3: sweep, {latency:g} s added a page, {concurrency} lanes", flush=True)
                 os.environ[discovery.LIST_CONCURRENCY_SETTING] = str(concurrency)
                 try:
                     swept = sweep(instance, far if latency else resources, budget)
@@ -500,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--concurrency",
         default="1,4,8",
-        help="S3: key ranges listed side by side in the extra known_live sweeps ('' skips)",
+        help="S3: lanes listed side by side in the extra known_live sweeps ('' skips)",
     )
     parser.add_argument(
         "--latency",

@@ -144,7 +144,7 @@ def list_concurrency(bucket: Bucket) -> int:
     """How many lanes of `bucket` a new sweep lists side by side:
     `CATALOG_SENSOR_LIST_CONCURRENCY`, else the bucket's own: 4 on S3, where a page is
     mostly waiting for the server; 1 on a local folder, whose listing is the sensor's own
-    CPU work (ranges side by side would only share it)."""
+    CPU work (lanes side by side would only share it)."""
     configured = configured_list_concurrency()
     return bucket.list_concurrency if configured is None else configured
 
@@ -371,18 +371,34 @@ class _Sweep:
         self.result.rejected.append(Rejection(info, reason))
 
 
+class _Stopped(Exception):
+    """The sweep stopped listing while a lane waited to retry."""
+
+
 class _Listing:
     """The bucket's objects after a key, a page at a time from one listing; a transient
     error is retried (within the policy) by listing again after the last key of the last
-    page delivered."""
+    page delivered. A wait between attempts ends early, with `_Stopped`, once `stop` is
+    set: a tick that has ended does not go on retrying its lanes."""
 
-    def __init__(self, bucket: Bucket, after: str, policy: RetryPolicy) -> None:
-        self._bucket, self._after, self._policy = bucket, after, policy
+    def __init__(
+        self, bucket: Bucket, after: str, policy: RetryPolicy, stop: threading.Event
+    ) -> None:
+        self._bucket, self._after, self._policy, self._stop = bucket, after, policy, stop
         self._objects: Iterator[ObjectInfo] | None = None
 
     def page(self, size: int) -> tuple[list[ObjectInfo], bool]:
         """Up to `size` objects, and whether the listing reached the end."""
-        return retrying(lambda: self._next(size), f"listing {self._bucket.url}", self._policy)
+        return retrying(
+            lambda: self._next(size),
+            f"listing {self._bucket.url}",
+            self._policy,
+            sleep=self._wait,
+        )
+
+    def _wait(self, seconds: float) -> None:
+        if self._stop.wait(seconds):
+            raise _Stopped
 
     def _next(self, size: int) -> tuple[list[ObjectInfo], bool]:
         if self._objects is None:
@@ -442,11 +458,13 @@ class _LaneListing:
         page_size: int,
         ahead: bool,
     ) -> None:
-        self._lanes = [_Lane(_Listing(bucket, low, policy), high) for low, high in lanes]
+        self._stop = threading.Event()
+        self._lanes = [
+            _Lane(_Listing(bucket, low, policy, self._stop), high) for low, high in lanes
+        ]
         self._size = page_size
         self.finished = [False] * len(lanes)
         self._taken: Queue = Queue()
-        self._stop = threading.Event()
         self._pool: ThreadPoolExecutor | None = None
         if ahead:
             self._pool = ThreadPoolExecutor(len(lanes), thread_name_prefix="bucket-listing")

@@ -43,7 +43,7 @@ PLAYCOUNT_TIMEOUT_SECONDS = "PLAYCOUNT_TIMEOUT_SECONDS"
 # new_csv_objects_sensor: how long a tick lists and compares; partition_retention_job: after
 # how many days a settled object's `source_csvs` partition goes (0: never).
 SENSOR_LIST_BUDGET_SECONDS = "CATALOG_SENSOR_LIST_BUDGET_SECONDS"
-# new_csv_objects_sensor: how many key ranges of an S3 bucket it lists side by side.
+# new_csv_objects_sensor: how many lanes (key ranges) of the bucket it lists side by side.
 SENSOR_LIST_CONCURRENCY = "CATALOG_SENSOR_LIST_CONCURRENCY"
 PARTITION_RETENTION_DAYS = "CATALOG_PARTITION_RETENTION_DAYS"
 

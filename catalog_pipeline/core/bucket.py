@@ -49,8 +49,9 @@ class ObjectMissingError(BucketError):
 
 class Bucket(Protocol):
     url: str
-    # Key ranges a sweep lists side by side unless told otherwise: 1 where listing is the
-    # caller's own CPU work (a folder), more where a page is mostly a server's latency.
+    # Lanes (key ranges) a sweep lists side by side unless told otherwise: 1 where the
+    # listing is the caller's own CPU work (a folder), more where a page is mostly a
+    # server's latency.
     list_concurrency: int
 
     def check(self) -> None:
