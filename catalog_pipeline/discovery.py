@@ -466,7 +466,7 @@ class _LaneListing:
         self.finished = [False] * len(lanes)
         self._taken: Queue = Queue()
         self._pool: ThreadPoolExecutor | None = None
-        if ahead:
+        if ahead and lanes:
             self._pool = ThreadPoolExecutor(len(lanes), thread_name_prefix="bucket-listing")
             for index, lane in enumerate(self._lanes):
                 self._pool.submit(lane.run, index, page_size, self._taken, self._stop)

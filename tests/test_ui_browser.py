@@ -199,28 +199,30 @@ def select_partition(page, partition: str) -> None:
 def pick_partition(page, partition: str, attempts: int = 4) -> None:
     """Pick a partition in the Materialize dialog's partition menu.
 
-    The menu is filtered down to that partition first. Its row is found by the full key
-    the UI keeps in `data-tooltip`: the text it shows is middle-truncated to the menu's
-    width, which depends on the machine's fonts. The dialog re-renders while it is open,
-    so a click can miss the row; the row is clicked again only while its checkbox is
-    still unchecked (clicking a picked row unpicks it), and the pick must then show as a
-    tag in the selector.
+    The pick is judged by its tag in the selector, outside the menu: the dialog re-renders
+    while it is open and may close the menu (a pick seen in its checkbox can vanish with
+    it). So each attempt opens the menu if it is closed, filters it down to the partition
+    and clicks the row, found by the full key the UI keeps in `data-tooltip` (the text it
+    shows is middle-truncated to the menu's width, which depends on the machine's fonts);
+    a row is clicked only while its tag is absent (clicking a picked row unpicks it).
     """
     from playwright.sync_api import Error, expect
 
-    page.get_by_placeholder("Filter partitions").fill(partition)
-    row = page.locator(f'label:has([data-tooltip="{partition}"])')
-    checkbox = row.get_by_role("checkbox")  # visually hidden: read, never clicked
+    dialog = page.get_by_role("dialog")
+    search = page.get_by_placeholder("Filter partitions")
+    picked = dialog.locator(f'[data-tooltip="{partition}"]:has([aria-label="close"])')
+    row = page.locator(f'label:has([data-tooltip="{partition}"]) [data-tooltip="{partition}"]')
     for _ in range(attempts):
+        if picked.is_visible():
+            return
         try:
-            if not checkbox.is_checked(timeout=UI_TIMEOUT_MS // 4):
-                row.locator(f'[data-tooltip="{partition}"]').click(timeout=UI_TIMEOUT_MS // 4)
-            expect(checkbox).to_be_checked(timeout=UI_TIMEOUT_MS // 4)
-            break
+            if not search.is_visible():
+                dialog.locator('[aria-label="expand_more"]').first.click(timeout=UI_TIMEOUT_MS // 4)
+            search.fill(partition, timeout=UI_TIMEOUT_MS // 4)
+            row.click(timeout=UI_TIMEOUT_MS // 4)
+            expect(picked).to_be_visible(timeout=UI_TIMEOUT_MS // 2)
         except (Error, AssertionError):
             continue
-    expect(checkbox).to_be_checked()
-    picked = page.locator(f'[data-tooltip="{partition}"]:has([aria-label="close"])')
     expect(picked).to_be_visible()
 
 
