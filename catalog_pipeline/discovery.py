@@ -441,9 +441,6 @@ def lanes_between(cuts: Sequence[str]) -> list[Lane]:
     return [(low, high) for low, high in zip(bounds, [*cuts, None], strict=True)]
 
 
-_END = object()  # a lane's listing reached its end
-
-
 class _LaneListing:
     """The sweep's lanes, listed each by a thread of its own (`ahead`), at most
     `LANE_PAGES_AHEAD` pages ahead of the comparison, their pages taken as they come;
