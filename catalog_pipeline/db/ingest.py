@@ -375,6 +375,7 @@ def _upsert_items(connection: Connection, file_row, source_file_id: int, items: 
             **{name: excluded[name] for name in (*STAGE_COLUMNS, *FILE_COLUMNS) if name != "sku"},
             "delisted_at": None,  # listed again
             "history_file_id": history.changed_file_id(excluded),
+            "replaced_file_id": catalog_items.c.source_file_id,  # the stored row's file
             "updated_at": now,
         },
         where=tuple_(*(excluded[name] for name in precedence))
@@ -392,20 +393,38 @@ def _upsert_items(connection: Connection, file_row, source_file_id: int, items: 
         # "Inserted" means first_seen_at is this statement's `now` (an update keeps the
         # stored one); were another chunk ever to store the very same microsecond, the
         # plain INSERT would fail on the key and the step retry, never write a wrong row.
+        # Provenance and history are keyed by (item, file), so an updated item needs ON
+        # CONFLICT there only when the record it replaced came from this very file (an
+        # earlier chunk or record of it): stored precedence only grows, so a file that
+        # beats a record of another file never lost on that item before and cannot have
+        # written either row. That is a re-scrape's common case (every item updated).
+        # Readings are keyed by day, which another file of the same day shares.
         inserted = catalog_items.c.first_seen_at.is_not_distinct_from(literal(now, UtcDateTime))
+        same_file = catalog_items.c.replaced_file_id.is_not_distinct_from(source_file_id)
         upserted = statement.returning(
             *(catalog_items.c[name] for name in history.RETURNED),
             catalog_items.c.history_file_id,
             catalog_items.c.play_count,
             inserted.label("inserted"),
+            same_file.label("same_file"),  # false for an inserted item (NULL there)
         ).cte("upserted")
         # RETURNING gives rows in the order they were inserted (SKU order): no sort.
+        same_file, inserted = upserted.c.same_file, upserted.c.inserted
         writes = []
-        for rows, may_conflict in ((upserted.c.inserted, False), (~upserted.c.inserted, True)):
-            options = {"ordered": False, "where": rows, "may_conflict": may_conflict}
-            writes.append(_provenance_insert(connection, upserted, source_file_id, now, **options))
-            writes.append(scrape_readings_insert(connection, upserted, measured_on, now, **options))
-            writes.append(history.changes_insert(connection, upserted, now, **options))
+        for by_file, by_day, may_conflict in (
+            (~same_file, inserted, False),
+            (same_file, ~inserted, True),
+        ):
+            options = {"ordered": False, "may_conflict": may_conflict}
+            writes += [
+                _provenance_insert(
+                    connection, upserted, source_file_id, now, where=by_file, **options
+                ),
+                scrape_readings_insert(
+                    connection, upserted, measured_on, now, where=by_day, **options
+                ),
+                history.changes_insert(connection, upserted, now, where=by_file, **options),
+            ]
         query = select(func.count()).select_from(upserted)
         for number, write in enumerate(writes):
             query = query.add_cte(write.cte(f"write_{number}"))

@@ -164,6 +164,9 @@ catalog_items = Table(
     Column("attributes", JSON_DOCUMENT),
     Column("delisted_at", UtcDateTime),
     Column("history_file_id", Integer),
+    # The file whose record the item's last update replaced (NULL until an update): lets
+    # the upsert write provenance and history without ON CONFLICT (migration 0010).
+    Column("replaced_file_id", Integer),
     # No index on `source` or `external_id`: no query looks a value up in either, and
     # each would cost every new item an index insert (migration 0004).
 )

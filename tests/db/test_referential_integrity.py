@@ -98,11 +98,16 @@ def test_migration_0005_adds_the_failure_ledgers_and_goes_back(engine, local_buc
 
 def _without_0007_history(tables: dict) -> dict:
     """A downgrade past 0007 drops the item history and the SKUs of invalid rows, which the
-    upgrade cannot rebuild (it seeds one history row per item, tested below). Everything
+    upgrade cannot rebuild (it seeds one history row per item, tested below); one past
+    0010 drops `replaced_file_id`, which the upsert reads only as it sets it. Everything
     else must be equal."""
     tables = dict(tables)
     tables.pop("catalog_item_history")
-    for table, column in (("catalog_items", "history_file_id"), ("invalid_item_logs", "sku")):
+    for table, column in (
+        ("catalog_items", "replaced_file_id"),
+        ("catalog_items", "history_file_id"),
+        ("invalid_item_logs", "sku"),
+    ):
         index = [c.name for c in metadata.tables[table].columns].index(column)
         tables[table] = [row[:index] + row[index + 1 :] for row in tables[table]]
     return tables
