@@ -143,6 +143,47 @@ def test_provenance_and_readings_of_new_and_updated_items_in_one_chunk(engine, l
     assert dump(engine) == stored
 
 
+def test_an_update_records_the_file_whose_record_it_replaced(engine, local_bucket):
+    """`replaced_file_id` tells the upsert whether this file can already hold the item's
+    provenance (only if the record it replaced is this file's); a chunk that replaces
+    another chunk's record of the same SKU still writes its provenance over that one."""
+    header = "sku,name,url,note\n"
+    pad = "," + "n" * 500
+    old_key, new_key = "shop_2026-01-01T00-00-00.csv", "shop_2026-02-01T00-00-00.csv"
+    local_bucket.put(
+        old_key, (header + f"A,a,https://a.example/{pad}\nB,b,https://b.c/{pad}\n").encode()
+    )
+    records = [
+        f"A,a2,https://a.example/{pad}\n",
+        f"B,b2,https://b.c/{pad}\n",
+        f"A,a3,https://a.example/{pad}\n",
+    ]
+    content = (header + "".join(records)).encode()
+    local_bucket.put(new_key, content)
+    ingest_object(local_bucket, engine, old_key, 1024)
+    old_id = plan_object(local_bucket, engine, old_key, 1024).source_file_id
+    planned = plan_object(local_bucket, engine, new_key, 1024)
+    first, second = planned.chunks  # A's first record (and B's), then A's second
+    assert first.end <= content.index(b"A,a3") < second.end
+    for chunk in planned.chunks:
+        ingest_chunk(local_bucket, engine, planned, chunk)
+    finalize(engine, planned)
+    with engine.connect() as connection:
+        replaced = dict(
+            connection.execute(select(catalog_items.c.sku, catalog_items.c.replaced_file_id)).all()
+        )
+        sources = dict(
+            connection.execute(
+                select(catalog_items.c.sku, catalog_item_sources.c.byte_offset)
+                .join(catalog_item_sources, catalog_item_sources.c.item_id == catalog_items.c.id)
+                .where(catalog_item_sources.c.source_file_id == planned.source_file_id)
+            ).all()
+        )
+    assert replaced == {"A": planned.source_file_id, "B": old_id}
+    assert sources == {"A": content.index(b"A,a3"), "B": content.index(b"B,b2")}
+    assert _items(engine) == {"A": ("a3", new_key), "B": ("b2", new_key)}
+
+
 def test_new_version_of_a_key_wins_even_at_a_lower_offset(engine, local_bucket):
     key = "shop_2026-01-01T00-00-00.csv"
     local_bucket.put(
