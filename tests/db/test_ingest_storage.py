@@ -80,6 +80,20 @@ def test_older_scrape_backfilled_later_never_overwrites_newer(engine, local_buck
     assert sorted(seen) == [("A", old_key), ("A", new_key), ("B", old_key)]
 
 
+OLD_KEY, NEW_KEY = "shop_2026-01-01T00-00-00.csv", "shop_2026-02-01T00-00-00.csv"
+
+
+def _scrapes(local_bucket, engine, header: str, old: list[str], new: list[str]):
+    """Two scrapes of one shop: `old` ingested, `new` planned in 1 KiB chunks. Returns the
+    new file's bytes, the old file's id and the new file's plan."""
+    local_bucket.put(OLD_KEY, (header + "".join(old)).encode())
+    content = (header + "".join(new)).encode()
+    local_bucket.put(NEW_KEY, content)
+    ingest_object(local_bucket, engine, OLD_KEY, 1024)
+    old_id = plan_object(local_bucket, engine, OLD_KEY, 1024).source_file_id
+    return content, old_id, plan_object(local_bucket, engine, NEW_KEY, 1024)
+
+
 @pytest.mark.parametrize("order", ["forward", "backward"])
 def test_provenance_and_readings_of_new_and_updated_items_in_one_chunk(engine, local_bucket, order):
     """A chunk holding SKUs never seen (inserted) next to SKUs an older file stored
@@ -87,9 +101,6 @@ def test_provenance_and_readings_of_new_and_updated_items_in_one_chunk(engine, l
     twice in the file points at its last record, and a re-run changes nothing."""
     header = "sku,name,url,play_count,note\n"
     pad = "," + "n" * 500  # an ignored column, so that records fill a chunk quickly
-    old_key, new_key = "shop_2026-01-01T00-00-00.csv", "shop_2026-02-01T00-00-00.csv"
-    old = f"A,a,https://a.example/,10{pad}\nB,b,https://b.c/,20{pad}\n"
-    local_bucket.put(old_key, (header + old).encode())
     records = [
         f"A,a2,https://a.example/,11{pad}\n",
         f"C,c,https://c.example/,5{pad}\n",
@@ -97,10 +108,8 @@ def test_provenance_and_readings_of_new_and_updated_items_in_one_chunk(engine, l
         f"D,d,https://d.example/,{pad}\n",
         f"B,b2,https://b.c/,25{pad}\n",
     ]
-    content = (header + "".join(records)).encode()
-    local_bucket.put(new_key, content)
-    ingest_object(local_bucket, engine, old_key, 1024)
-    planned = plan_object(local_bucket, engine, new_key, 1024)
+    old = [f"A,a,https://a.example/,10{pad}\n", f"B,b,https://b.c/,20{pad}\n"]
+    content, _, planned = _scrapes(local_bucket, engine, header, old, records)
 
     def offset(record: str) -> int:
         return content.index(record.encode())
@@ -133,11 +142,11 @@ def test_provenance_and_readings_of_new_and_updated_items_in_one_chunk(engine, l
         "D": offset("D,d"),
     }
     assert _items(engine) == {
-        sku: (name, new_key) for sku, name in [("A", "a2"), ("B", "b2"), ("C", "c2"), ("D", "d")]
+        sku: (name, NEW_KEY) for sku, name in [("A", "a2"), ("B", "b2"), ("C", "c2"), ("D", "d")]
     }
     assert dict(readings) == {"A": 11, "B": 25, "C": 6}
     stored = dump(engine)
-    ingest_object(local_bucket, engine, new_key, 1024)
+    ingest_object(local_bucket, engine, NEW_KEY, 1024)
     for chunk in planned.chunks:
         ingest_chunk(local_bucket, engine, planned, chunk)
     assert dump(engine) == stored
@@ -149,20 +158,13 @@ def test_an_update_records_the_file_whose_record_it_replaced(engine, local_bucke
     another chunk's record of the same SKU still writes its provenance over that one."""
     header = "sku,name,url,note\n"
     pad = "," + "n" * 500
-    old_key, new_key = "shop_2026-01-01T00-00-00.csv", "shop_2026-02-01T00-00-00.csv"
-    local_bucket.put(
-        old_key, (header + f"A,a,https://a.example/{pad}\nB,b,https://b.c/{pad}\n").encode()
-    )
     records = [
         f"A,a2,https://a.example/{pad}\n",
         f"B,b2,https://b.c/{pad}\n",
         f"A,a3,https://a.example/{pad}\n",
     ]
-    content = (header + "".join(records)).encode()
-    local_bucket.put(new_key, content)
-    ingest_object(local_bucket, engine, old_key, 1024)
-    old_id = plan_object(local_bucket, engine, old_key, 1024).source_file_id
-    planned = plan_object(local_bucket, engine, new_key, 1024)
+    old = [f"A,a,https://a.example/{pad}\n", f"B,b,https://b.c/{pad}\n"]
+    content, old_id, planned = _scrapes(local_bucket, engine, header, old, records)
     first, second = planned.chunks  # A's first record (and B's), then A's second
     assert first.end <= content.index(b"A,a3") < second.end
     for chunk in planned.chunks:
@@ -181,7 +183,7 @@ def test_an_update_records_the_file_whose_record_it_replaced(engine, local_bucke
         )
     assert replaced == {"A": planned.source_file_id, "B": old_id}
     assert sources == {"A": content.index(b"A,a3"), "B": content.index(b"B,b2")}
-    assert _items(engine) == {"A": ("a3", new_key), "B": ("b2", new_key)}
+    assert _items(engine) == {"A": ("a3", NEW_KEY), "B": ("b2", NEW_KEY)}
 
 
 def test_new_version_of_a_key_wins_even_at_a_lower_offset(engine, local_bucket):
