@@ -208,8 +208,7 @@ def discover(
     ahead = prefetch and scan_limit is None
     if lanes is None:
         count = list_concurrency(bucket) if concurrency is None else concurrency
-        lanes = sweep_lanes(engine, count, sweep.policy) if not after and ahead else []
-        lanes = lanes or [(after, None)]
+        lanes = sweep_lanes(engine, count, sweep.policy) if not after and ahead else [(after, None)]
     # Without a scan limit each lane lists its next pages while a page is compared and
     # probed (on S3 the listing is mostly waiting for the server).
     listing = _LaneListing(bucket, lanes, sweep.policy, page_size, ahead)
@@ -247,12 +246,17 @@ def _sweep_pages(
             return
         try:
             taken = listing.page(size)
-            if taken is None:
-                result.stopped_by = END
-                return
-            lane, page = taken
+        except Exception as error:
+            _stop_on(error, result)
+            return
+        if taken is None:
+            result.stopped_by = END
+            return
+        lane, page = taken
+        try:
             verdicts = sweep.compare(page)
         except Exception as error:
+            listing.unfinish(lane)  # its page goes to the next call, even a lane's last
             _stop_on(error, result)
             return
         result.pages += 1 if page else 0

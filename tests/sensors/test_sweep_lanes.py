@@ -214,3 +214,34 @@ def test_the_concurrency_is_the_buckets_unless_set(monkeypatch, local_bucket, s3
             discovery.list_concurrency(s3_bucket)
         with pytest.raises(ValueError, match=message):
             discovery.list_concurrency(s3_bucket)
+
+
+@pytest.mark.parametrize("ahead", [True, False])
+def test_a_page_the_catalog_could_not_compare_goes_to_the_next_call(
+    local_bucket, sqlite_engine, monkeypatch, ahead
+):
+    """The lane's last page fails in the comparison (the instance's lookup, past its
+    retries): the lane is not finished, and the next call compares that page."""
+    monkeypatch.setenv(BUDGET_SETTING, "0")  # no retries of our own: the error stands
+    keys = [f"shop/scrape_{n:02d}.csv" for n in range(15)]
+    for key in keys:
+        local_bucket.put(key, BODY)
+    asked: list[int] = []
+
+    def run_requested(infos):
+        asked.append(len(infos))
+        if len(asked) == 2:  # the second page, the lane's last
+            raise ConnectionResetError("connection reset by peer")
+        return set()
+
+    options = {"page_size": 10, "budget_seconds": 60, "concurrency": 1, "prefetch": ahead}
+    found = discovery.discover(
+        local_bucket, sqlite_engine, "", run_requested=run_requested, **options
+    )
+    assert found.stopped_by == discovery.ERROR and found.handled == 10
+    assert found.lanes == [(keys[9], None)] and not found.complete
+    rest = discovery.discover(
+        local_bucket, sqlite_engine, "", lanes=found.lanes, run_requested=run_requested, **options
+    )
+    assert rest.complete and asked == [10, 5, 5]
+    assert [info.key for info in found.new + rest.new] == keys
