@@ -197,19 +197,21 @@ def _run_request(info: ObjectInfo) -> dg.RunRequest:
     )
 
 
+def _position(after: str, lanes: Sequence[discovery.Lane]) -> str:
+    """Where a sweep stands: the key its first lane goes on after, and how many more."""
+    first = repr(after or "(start)")
+    return first if len(lanes) <= 1 else f"{first} and {len(lanes) - 1} more lanes"
+
+
 def _summary(found: discovery.Discovery, cursor: SweepCursor, requested: int) -> str:
     if found.complete:
         where = "the end: the next tick starts a new sweep"
-    elif len(found.lanes) > 1:
-        where = f"{found.next_after!r} and {len(found.lanes) - 1} more lanes"
     else:
-        where = repr(found.next_after)
-    start = cursor.after or "(start)"
-    if len(cursor.lanes) > 1:
-        start = f"{cursor.lanes[0][0] or '(start)'} and {len(cursor.lanes) - 1} more lanes"
+        where = _position(found.next_after, found.lanes)
     return (
-        f"listed {found.scanned:,} objects after {start!r} in {found.pages} "
-        f"pages, {found.seconds:.1f} s: {requested} to ingest, {len(found.rejected)} rejected, "
+        f"listed {found.scanned:,} objects after {_position(cursor.after, cursor.lanes)} "
+        f"in {found.pages} pages, {found.seconds:.1f} s: {requested} to ingest, "
+        f"{len(found.rejected)} rejected, "
         f"{found.seen + found.retired:,} already in the catalog ({found.retired:,} with retired "
         f"partitions), {found.pending} with a run already requested; stopped by "
         f"{found.stopped_by} at {where}"
